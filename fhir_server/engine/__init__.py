@@ -1,0 +1,1 @@
+"""The interactions of the FHIR RESTful API, independent of HTTP."""

@@ -1,0 +1,89 @@
+"""The CapabilityStatement, generated from what is really registered: resource types from the
+definitions, search parameters from the search registry, operations from the operation registry,
+profiles from our `profiles/`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_server import FHIR_VERSION
+from fhir_server.definitions import Definitions
+from fhir_server.engine.operations import OperationRegistry
+
+INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+                "search-type"]
+SEARCH_TYPES = {"number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special"}
+
+
+def capability_statement(definitions: Definitions, search_params: dict[str, dict[str, Any]],
+                         operations: OperationRegistry, base_url: str, software_version: str) -> dict:
+    profiles_by_type: dict[str, list[str]] = {}
+    for sd in definitions.structures.values():
+        if sd.get("derivation") == "constraint" and sd.get("kind") == "resource" and \
+                not sd["url"].startswith("http://hl7.org/fhir/StructureDefinition/"):
+            profiles_by_type.setdefault(sd["type"], []).append(sd["url"])
+    resources = [_resource_entry(t, search_params.get(t, {}), operations, profiles_by_type.get(t, []))
+                 for t in definitions.resource_types]
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "Espace",
+        "kind": "instance",
+        "software": {"name": "Espace FHIR server", "version": software_version},
+        "implementation": {"description": "Espace - espace de santé FHIR R4", "url": base_url},
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "search-system"},
+                            {"code": "history-system"}],
+            "searchParam": [_search_param(p) for code, p in sorted(search_params.get("Resource", {}).items())],
+            "operation": [{"name": op.name, "definition": op.definition} for op in operations.system_level()],
+        }],
+    }
+
+
+def _resource_entry(resource_type: str, params: dict[str, Any], operations: OperationRegistry,
+                    profiles: list[str]) -> dict:
+    entry: dict[str, Any] = {
+        "type": resource_type,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
+        "interaction": [{"code": code} for code in INTERACTIONS],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalRead": "not-supported",
+        "conditionalUpdate": True,
+        "conditionalDelete": "single",
+        "referencePolicy": ["literal", "logical"],
+        "searchInclude": ["*"] + sorted(f"{resource_type}:{c}" for c, p in params.items()
+                                        if _type_of(p) == "reference"),
+        "searchParam": [_search_param(p) for _, p in sorted(params.items())],
+    }
+    if profiles:
+        entry["supportedProfile"] = sorted(profiles)
+    ops = [{"name": op.name, "definition": op.definition} for op in operations.for_type(resource_type)]
+    if ops:
+        entry["operation"] = ops
+    return entry
+
+
+def _type_of(param: Any) -> str:
+    if isinstance(param, dict):
+        return param.get("type", "")
+    return getattr(param, "type", "")
+
+
+def _search_param(param: Any) -> dict:
+    if isinstance(param, dict):
+        code, url, kind = param.get("code"), param.get("url"), param.get("type")
+    else:
+        code, url, kind = getattr(param, "code", None), getattr(param, "url", None), getattr(param, "type", None)
+    out = {"name": code, "type": kind if kind in SEARCH_TYPES else "special"}
+    if url:
+        out["definition"] = url
+    return out

@@ -1,0 +1,451 @@
+"""The instance and type level interactions: create, read, vread, update, patch, delete and
+history, with their conditional and version-aware variants.
+
+Every write stores the resource exactly as accepted (only `meta.versionId` and `meta.lastUpdated`
+are set by the server), its extracted search index, and a history version, in one transaction
+when the deployment has transactions.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode
+
+from dateutil import parser as date_parser
+
+from fhir_server.engine import patch as patching
+from fhir_server.engine.errors import (
+    FhirError,
+    Issue,
+    bad_request,
+    error,
+    gone,
+    not_found,
+    precondition_failed,
+)
+from fhir_server.engine.model import (
+    ID_PATTERN,
+    RequestContext,
+    Result,
+    etag,
+    instant,
+    new_id,
+    now,
+    parse_etag,
+)
+from fhir_server.storage import MongoStore, Session, StorageConflict
+
+DEFAULT_HISTORY_COUNT = 20
+MAX_HISTORY_COUNT = 1000
+
+
+class Search(Protocol):
+    def matching_ids(self, resource_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[str]: ...
+
+
+class Indexer(Protocol):
+    def extract_index(self, resource: dict) -> dict: ...
+
+
+Validate = Callable[[dict, str], list[Issue]]
+WriteHook = Callable[[str, dict | None, dict | None, Session], None]
+
+
+class Interactions:
+    def __init__(self, store: MongoStore, indexer: Indexer, search: Search, validate: Validate) -> None:
+        self.store = store
+        self.indexer = indexer
+        self.search = search
+        self.validate = validate
+        # Called after every write inside its transaction: (resource_type, old, new, session).
+        # Business modules (audit, MHD, custom SearchParameters) plug in here.
+        self.write_hooks: list[WriteHook] = []
+
+    # -- read side ---------------------------------------------------------------------------
+    def read(self, resource_type: str, resource_id: str, session: Session = None) -> Result:
+        doc = self.store.get(resource_type, resource_id, session)
+        if doc is None:
+            raise self._missing(resource_type, resource_id, session)
+        return _result(200, doc["resource"], doc["_ver"], doc["_lastUpdated"])
+
+    def vread(self, resource_type: str, resource_id: str, version: str) -> Result:
+        if not version.isdigit():
+            raise not_found(f"Version '{version}' of {resource_type}/{resource_id} does not exist")
+        entry = self.store.get_version(resource_type, resource_id, int(version))
+        if entry is None:
+            raise not_found(f"Version {version} of {resource_type}/{resource_id} does not exist")
+        if entry["resource"] is None:
+            exc = gone(f"Version {version} of {resource_type}/{resource_id} is a deletion")
+            exc.headers["ETag"] = etag(entry["ver"])
+            raise exc
+        return _result(200, entry["resource"], entry["ver"], entry["lastUpdated"])
+
+    def _missing(self, resource_type: str, resource_id: str, session: Session) -> FhirError:
+        latest = self.store.latest_version(resource_type, resource_id, session)
+        if latest is not None and latest["resource"] is None:
+            exc = gone(f"{resource_type}/{resource_id} was deleted (version {latest['ver']})")
+            exc.headers["ETag"] = etag(latest["ver"])
+            return exc
+        return not_found(f"{resource_type}/{resource_id} does not exist")
+
+    # -- create ------------------------------------------------------------------------------
+    def create(self, resource_type: str, resource: Any, ctx: RequestContext,
+               if_none_exist: str | None = None, session: Session = None,
+               resource_id: str | None = None) -> Result:
+        if if_none_exist:
+            matches = self.search.matching_ids(resource_type, _query_items(if_none_exist), limit=2)
+            if len(matches) > 1:
+                raise precondition_failed(
+                    f"If-None-Exist '{if_none_exist}' matches {len(matches)} resources; it must match at most one")
+            if matches:
+                existing = self.read(resource_type, matches[0], session)
+                existing.status = 200
+                return existing
+        self._check_body(resource_type, resource)
+        return self._store_new(resource_type, resource_id or new_id(), resource, session, version=1)
+
+    def _store_new(self, resource_type: str, resource_id: str, resource: dict, session: Session,
+                   version: int) -> Result:
+        stored = _with_meta(resource, resource_id, version)
+        moment = self._stamp(stored)
+        self._write(session, lambda s: self._insert(resource_type, stored, version, moment, s))
+        self._run_hooks(resource_type, None, stored, session)
+        result = _result(201, stored, version, moment)
+        result.location = f"{resource_type}/{resource_id}/_history/{version}"
+        return result
+
+    # -- update ------------------------------------------------------------------------------
+    def update(self, resource_type: str, resource_id: str, resource: Any, ctx: RequestContext,
+               if_match: str | None = None, session: Session = None) -> Result:
+        if not ID_PATTERN.match(resource_id):
+            raise bad_request(f"'{resource_id}' is not a valid FHIR id ([A-Za-z0-9-.], 1 to 64 characters)")
+        self._check_body(resource_type, resource)
+        body_id = resource.get("id")
+        if body_id is None:
+            raise bad_request("The resource in an update must carry its id (it must equal the id in the URL)",
+                              f"{resource_type}.id")
+        if body_id != resource_id:
+            raise bad_request(f"The resource id '{body_id}' does not match the id '{resource_id}' in the URL",
+                              f"{resource_type}.id")
+        current = self.store.get(resource_type, resource_id, session)
+        if current is None:
+            if if_match:
+                raise precondition_failed(f"{resource_type}/{resource_id} does not exist; If-Match cannot hold")
+            latest = self.store.latest_version(resource_type, resource_id, session)
+            version = latest["ver"] + 1 if latest else 1
+            return self._store_new(resource_type, resource_id, resource, session, version)
+        self._check_if_match(current, if_match)
+        return self._replace(resource_type, current, resource, session)
+
+    def _replace(self, resource_type: str, current: dict, resource: dict, session: Session) -> Result:
+        version = current["_ver"] + 1
+        stored = _with_meta(resource, current["_id"], version)
+        moment = self._stamp(stored)
+
+        def write(s: Session) -> None:
+            doc = self._document(stored, version, moment)
+            self.store.replace(resource_type, doc, current["_ver"], s)
+            self.store.add_version(_version_entry(resource_type, stored, version, moment, "PUT"), s)
+
+        self._write(session, write)
+        self._run_hooks(resource_type, current["resource"], stored, session)
+        return _result(200, stored, version, moment)
+
+    def conditional_update(self, resource_type: str, query: list[tuple[str, str]], resource: Any,
+                           ctx: RequestContext, session: Session = None) -> Result:
+        matches = self._conditional_matches(resource_type, query, "update")
+        self._check_body(resource_type, resource)
+        body_id = resource.get("id")
+        if not matches:
+            if body_id is not None:
+                return self.update(resource_type, body_id, resource, ctx, session=session)
+            return self._store_new(resource_type, new_id(), resource, session, version=1)
+        if body_id is not None and body_id != matches[0]:
+            raise bad_request(
+                f"The resource id '{body_id}' differs from the id '{matches[0]}' of the resource the "
+                "conditional update matched", f"{resource_type}.id")
+        resource = {**resource, "id": matches[0]} if body_id is None else resource
+        return self.update(resource_type, matches[0], _with_id_first(resource), ctx, session=session)
+
+    def _conditional_matches(self, resource_type: str, query: list[tuple[str, str]], what: str) -> list[str]:
+        if not query:
+            raise bad_request(f"A conditional {what} needs search criteria in the URL")
+        matches = self.search.matching_ids(resource_type, query, limit=2)
+        if len(matches) > 1:
+            raise precondition_failed(
+                f"The criteria of this conditional {what} match several {resource_type} resources; "
+                "they must match one at most")
+        return matches
+
+    # -- patch -------------------------------------------------------------------------------
+    def patch(self, resource_type: str, resource_id: str, patch_body: Any, patch_format: str,
+              ctx: RequestContext, if_match: str | None = None, session: Session = None) -> Result:
+        current = self.store.get(resource_type, resource_id, session)
+        if current is None:
+            raise self._missing(resource_type, resource_id, session)
+        self._check_if_match(current, if_match)
+        patched = apply_patch(current["resource"], patch_body, patch_format)
+        if patched.get("resourceType") != resource_type or patched.get("id") != resource_id:
+            raise error(422, "processing", "A patch may not change the resourceType or the id", f"{resource_type}.id")
+        self._check_body(resource_type, patched)
+        return self._replace(resource_type, current, patched, session)
+
+    def conditional_patch(self, resource_type: str, query: list[tuple[str, str]], patch_body: Any,
+                          patch_format: str, ctx: RequestContext, session: Session = None) -> Result:
+        matches = self._conditional_matches(resource_type, query, "patch")
+        if not matches:
+            raise not_found(f"No {resource_type} matches the criteria of this conditional patch")
+        return self.patch(resource_type, matches[0], patch_body, patch_format, ctx, session=session)
+
+    # -- delete ------------------------------------------------------------------------------
+    def delete(self, resource_type: str, resource_id: str, ctx: RequestContext,
+               if_match: str | None = None, session: Session = None) -> Result:
+        current = self.store.get(resource_type, resource_id, session)
+        if current is None:
+            latest = self.store.latest_version(resource_type, resource_id, session)
+            if latest is None:
+                raise not_found(f"{resource_type}/{resource_id} does not exist")
+            if if_match:
+                raise precondition_failed(f"{resource_type}/{resource_id} is already deleted")
+            return _deleted_result(f"{resource_type}/{resource_id} was already deleted", latest["ver"])
+        self._check_if_match(current, if_match)
+        version = current["_ver"] + 1
+        moment = now()
+
+        def write(s: Session) -> None:
+            self.store.remove(resource_type, resource_id, current["_ver"], s)
+            self.store.add_version({
+                "_id": f"{resource_type}/{resource_id}/{version}", "type": resource_type, "id": resource_id,
+                "ver": version, "method": "DELETE", "lastUpdated": moment, "resource": None,
+            }, s)
+
+        self._write(session, write)
+        self._run_hooks(resource_type, current["resource"], None, session)
+        result = _deleted_result(f"Deleted {resource_type}/{resource_id} (version {version})", version)
+        result.last_modified = moment
+        return result
+
+    def conditional_delete(self, resource_type: str, query: list[tuple[str, str]], ctx: RequestContext,
+                           session: Session = None) -> Result:
+        matches = self._conditional_matches(resource_type, query, "delete")
+        if not matches:
+            return Result(200, {"resourceType": "OperationOutcome", "issue": [{
+                "severity": "information", "code": "not-found",
+                "diagnostics": f"No {resource_type} matched the criteria: nothing was deleted"}]})
+        return self.delete(resource_type, matches[0], ctx, session=session)
+
+    # -- history -----------------------------------------------------------------------------
+    def history(self, resource_type: str | None, resource_id: str | None, params: list[tuple[str, str]],
+                base_url: str) -> dict:
+        options = _history_options(params)
+        query: dict[str, Any] = {}
+        if resource_type:
+            query["type"] = resource_type
+        if resource_id:
+            query["id"] = resource_id
+            if self.store.latest_version(resource_type, resource_id) is None:
+                raise not_found(f"{resource_type}/{resource_id} does not exist")
+        if options["since"]:
+            query["lastUpdated"] = {"$gte": options["since"]}
+        count = options["count"]
+        if options["at"]:
+            skip = options["page"] * count
+            versions = self.store.versions_current_at(query, options["at"], count + 1, skip)
+        else:
+            page_query = dict(query)
+            if options["cursor"]:
+                moment, key = options["cursor"]
+                page_query["$or"] = [{"lastUpdated": {"$lt": moment}},
+                                     {"lastUpdated": moment, "_id": {"$lt": key}}]
+            versions = self.store.find_versions(page_query, [("lastUpdated", -1), ("_id", -1)], count + 1)
+        has_more = len(versions) > count
+        versions = versions[:count]
+        path = "/".join(p for p in (resource_type, resource_id, "_history") if p)
+        bundle: dict[str, Any] = {
+            "resourceType": "Bundle", "type": "history",
+            "total": self.store.count_versions(query) if not options["at"] else None,
+            "link": [{"relation": "self", "url": _url(base_url, path, params)}],
+            "entry": [_history_entry(base_url, v) for v in versions],
+        }
+        if bundle["total"] is None:
+            del bundle["total"]
+        if has_more and versions:
+            bundle["link"].append({"relation": "next", "url": _url(base_url, path, _next_params(
+                params, versions[-1], options))})
+        return bundle
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _check_body(self, resource_type: str, resource: Any) -> None:
+        issues = self.validate(resource, resource_type)
+        errors = [i for i in issues if i.severity in ("error", "fatal")]
+        if errors:
+            raise FhirError(400, issues)
+        resource_id = resource.get("id")
+        if resource_id is not None and not (isinstance(resource_id, str) and ID_PATTERN.match(resource_id)):
+            raise bad_request(f"'{resource_id}' is not a valid FHIR id", f"{resource_type}.id")
+
+    @staticmethod
+    def _check_if_match(current: dict, if_match: str | None) -> None:
+        if if_match and parse_etag(if_match) != str(current["_ver"]):
+            raise precondition_failed(
+                f"If-Match {if_match} does not match the current version {etag(current['_ver'])} of "
+                f"{current['resource']['resourceType']}/{current['_id']}: someone changed it; read it again")
+
+    def _stamp(self, stored: dict) -> datetime:
+        moment = now()
+        stored["meta"]["lastUpdated"] = instant(moment)
+        return moment
+
+    def _document(self, resource: dict, version: int, moment: datetime) -> dict:
+        return {"_id": resource["id"], "resource": resource, "_ver": version, "_lastUpdated": moment,
+                "_index": self.indexer.extract_index(resource)}
+
+    def _insert(self, resource_type: str, resource: dict, version: int, moment: datetime,
+                session: Session) -> None:
+        self.store.insert(resource_type, self._document(resource, version, moment), session)
+        self.store.add_version(_version_entry(resource_type, resource, version, moment,
+                                              "POST" if version == 1 else "PUT"), session)
+
+    def _write(self, session: Session, action: Callable[[Session], None]) -> None:
+        """Run `action` in the caller's transaction, or in a new one."""
+        try:
+            if session is not None:
+                action(session)
+                return
+            with self.store.transaction() as own:
+                action(own)
+        except StorageConflict as exc:
+            raise error(409, "conflict", f"Concurrent modification: {exc}. Read the resource again and retry") \
+                from exc
+
+    def _run_hooks(self, resource_type: str, old: dict | None, new: dict | None, session: Session) -> None:
+        for hook in self.write_hooks:
+            hook(resource_type, old, new, session)
+
+
+# -- patch formats ----------------------------------------------------------------------------
+def apply_patch(resource: dict, patch_body: Any, patch_format: str) -> dict:
+    if patch_format == "json-patch":
+        if not isinstance(patch_body, list):
+            raise bad_request("A JSON Patch document must be a JSON array of operations")
+        return patching.apply_json_patch(resource, patch_body)
+    if patch_format == "fhirpath-patch":
+        return patching.apply_fhirpath_patch(resource, patch_body)
+    raise error(415, "not-supported", "PATCH accepts application/json-patch+json (JSON Patch) or a FHIR "
+                "Parameters resource (FHIRPath Patch) in JSON or XML")
+
+
+# -- pure helpers -----------------------------------------------------------------------------
+def _with_meta(resource: dict, resource_id: str, version: int) -> dict:
+    """A copy of the resource with the server's id and version; everything else as accepted."""
+    stored = _with_id_first({**resource, "id": resource_id})
+    meta = copy.deepcopy(resource.get("meta")) or {}
+    meta["versionId"] = str(version)
+    stored["meta"] = meta
+    return stored
+
+
+def _with_id_first(resource: dict) -> dict:
+    ordered = {"resourceType": resource["resourceType"], "id": resource.get("id")}
+    ordered.update((k, v) for k, v in resource.items() if k not in ordered)
+    if ordered["id"] is None:
+        del ordered["id"]
+    return ordered
+
+
+def _version_entry(resource_type: str, resource: dict, version: int, moment: datetime, method: str) -> dict:
+    return {"_id": f"{resource_type}/{resource['id']}/{version}", "type": resource_type, "id": resource["id"],
+            "ver": version, "method": method, "lastUpdated": moment, "resource": resource}
+
+
+def _result(status: int, resource: dict, version: int, moment: datetime) -> Result:
+    return Result(status, resource, str(version), moment)
+
+
+def _deleted_result(message: str, version: int) -> Result:
+    body = {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational", "diagnostics": message}]}
+    return Result(200, body, str(version))
+
+
+def _history_entry(base_url: str, version: dict) -> dict:
+    ref = f"{version['type']}/{version['id']}"
+    entry: dict[str, Any] = {"fullUrl": f"{base_url}/{ref}"}
+    if version["resource"] is not None:
+        entry["resource"] = version["resource"]
+    method = version["method"]
+    entry["request"] = {"method": method, "url": version["type"] if method == "POST" else ref}
+    entry["response"] = {
+        "status": {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}.get(method, "200 OK"),
+        "etag": etag(version["ver"]),
+        "lastModified": instant(version["lastUpdated"]),
+    }
+    return entry
+
+
+def parse_instant(value: str, name: str) -> datetime:
+    try:
+        moment = date_parser.isoparse(value)
+    except ValueError:
+        raise bad_request(f"{name}={value!r} is not a valid FHIR instant or date", name) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _history_options(params: list[tuple[str, str]]) -> dict:
+    options: dict[str, Any] = {"since": None, "at": None, "count": DEFAULT_HISTORY_COUNT, "cursor": None,
+                               "page": 0}
+    for name, value in params:
+        if name == "_since":
+            options["since"] = parse_instant(value, "_since")
+        elif name == "_at":
+            options["at"] = parse_instant(value, "_at")
+        elif name == "_count":
+            if not value.isdigit():
+                raise bad_request(f"_count={value!r} must be a non-negative integer", "_count")
+            options["count"] = max(1, min(int(value), MAX_HISTORY_COUNT))
+        elif name == "_cursor":
+            options["cursor"] = _decode_cursor(value)
+        elif name == "_page":
+            options["page"] = int(value) if value.isdigit() else 0
+    return options
+
+
+def _encode_cursor(moment: datetime, key: str) -> str:
+    raw = f"{instant(moment)}|{key}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        moment, key = raw.split("|", 1)
+        return date_parser.isoparse(moment), key
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("The paging cursor is not valid: follow the links the server returned",
+                          "_cursor") from None
+
+
+def _next_params(params: list[tuple[str, str]], last: dict, options: dict) -> list[tuple[str, str]]:
+    kept = [(k, v) for k, v in params if k not in ("_cursor", "_page")]
+    if options["at"]:
+        return [*kept, ("_page", str(options["page"] + 1))]
+    return [*kept, ("_cursor", _encode_cursor(last["lastUpdated"], last["_id"]))]
+
+
+def _url(base_url: str, path: str, params: list[tuple[str, str]]) -> str:
+    query = urlencode(params)
+    return f"{base_url}/{path}" + (f"?{query}" if query else "")
+
+
+def _query_items(query: str) -> list[tuple[str, str]]:
+    query = query.split("?", 1)[1] if "?" in query else query
+    return parse_qsl(query, keep_blank_values=True)
+
+
+query_items = _query_items

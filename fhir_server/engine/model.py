@@ -1,0 +1,57 @@
+"""Small value types shared by the interactions."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
+
+
+@dataclass
+class RequestContext:
+    """What an interaction needs to know about the request, independent of HTTP."""
+
+    base_url: str
+    prefer_return: str = "representation"      # minimal | representation | OperationOutcome
+    strict_handling: bool = False               # Prefer: handling=strict
+
+
+@dataclass
+class Result:
+    """The outcome of one interaction: a status, an optional body, and version facts for headers."""
+
+    status: int
+    body: dict | None = None
+    version_id: str | None = None
+    last_modified: datetime | None = None
+    location: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def now() -> datetime:
+    """Current instant, truncated to the millisecond (BSON dates hold milliseconds)."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def instant(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def etag(version_id: str | int) -> str:
+    return f'W/"{version_id}"'
+
+
+def parse_etag(value: str) -> str:
+    """`W/"3"` or `"3"` -> `3`."""
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')

@@ -1,0 +1,1 @@
+"""Wire formats: FHIR JSON (decimals kept exactly as written) and FHIR XML."""

@@ -1,0 +1,55 @@
+"""The FastAPI application: one catch-all route under /fhir handing requests to the Router."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl
+
+from fastapi import FastAPI, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from fhir_server.config import Settings
+from fhir_server.engine.errors import error
+from fhir_server.rest.router import HttpRequest, Router
+from fhir_server.server import FhirServer
+
+BASE_PATH = "/fhir"
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def create_app(settings: Settings, mongodb_uri: str) -> FastAPI:
+    server = FhirServer(settings, mongodb_uri)
+    router = Router(server)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await run_in_threadpool(server.start)
+        yield
+        server.close()
+
+    app = FastAPI(title="Espace FHIR R4 server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.fhir = server
+
+    async def handle(request: Request, path: str = "") -> Response:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            too_large = router._error(error(413, "too-costly", f"The body is {declared} bytes; the limit is "
+                                            f"{settings.max_body_bytes}"), "json", False)
+            return Response(too_large.body, too_large.status, too_large.headers)
+        body = await request.body()
+        base_url = settings.base_url or str(request.base_url).rstrip("/") + BASE_PATH
+        http_request = HttpRequest(
+            method=request.method,
+            path=path,
+            query=parse_qsl(request.url.query, keep_blank_values=True),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+            base_url=base_url,
+        )
+        result = await run_in_threadpool(router.handle, http_request)
+        return Response(content=result.body, status_code=result.status, headers=result.headers)
+
+    app.add_api_route(BASE_PATH, handle, methods=METHODS)
+    app.add_api_route(BASE_PATH + "/{path:path}", handle, methods=METHODS)
+    return app

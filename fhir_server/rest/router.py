@@ -1,0 +1,286 @@
+"""Maps one HTTP request onto the engine: path and method to interaction, headers to conditions
+and preferences, results to status, headers and body. Knows HTTP, not FastAPI."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fhir_server.engine.errors import FhirError, bad_request, error, operation_outcome
+from fhir_server.engine.model import RequestContext, Result, etag, parse_etag
+from fhir_server.engine.operations import OperationCall
+from fhir_server.rest.negotiation import (
+    CONTENT_TYPES,
+    JSON_PATCH,
+    JSON_TYPES,
+    XML_TYPES,
+    media_type,
+    parse_body,
+    render,
+    response_format,
+)
+from fhir_server.server import FhirServer
+
+FORMAT_PARAMS = {"_format", "_pretty"}
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    path: str                         # below the FHIR base, without leading slash
+    query: list[tuple[str, str]]
+    headers: dict[str, str]           # lower-case names
+    body: bytes
+    base_url: str
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Router:
+    def __init__(self, server: FhirServer) -> None:
+        self.server = server
+
+    def handle(self, request: HttpRequest) -> HttpResponse:
+        try:
+            fmt = response_format(_param(request.query, "_format"), request.headers.get("accept"))
+        except FhirError as exc:
+            return self._error(exc, "json", False)
+        pretty = _param(request.query, "_pretty") == "true"
+        try:
+            return self._dispatch(request, fmt, pretty)
+        except FhirError as exc:
+            return self._error(exc, fmt, pretty)
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def _dispatch(self, request: HttpRequest, fmt: str, pretty: bool) -> HttpResponse:
+        segments = [s for s in request.path.strip("/").split("/") if s]
+        method = "GET" if request.method == "HEAD" else request.method
+        ctx = _context(request)
+        query = [(k, v) for k, v in request.query if k not in FORMAT_PARAMS]
+        server = self.server
+        interactions = server.interactions
+
+        if segments and segments[-1].startswith("$"):
+            return self._operation(request, segments, ctx, fmt, pretty)
+        if not segments or segments[0] in ("_history", "metadata", "_search"):
+            return self._system(request, segments, method, query, ctx, fmt, pretty)
+
+        resource_type = segments[0]
+        server.require_type(resource_type)
+        rest = segments[1:]
+        if not rest:
+            if method == "GET":
+                return self._respond(server.get(resource_type, query, ctx), request, fmt, pretty)
+            if method == "POST":
+                body = self._resource_body(request, resource_type)
+                result = interactions.create(resource_type, body, ctx,
+                                             if_none_exist=request.headers.get("if-none-exist"))
+                return self._respond(result, request, fmt, pretty, ctx)
+            if method == "PUT":
+                body = self._resource_body(request, resource_type)
+                result = interactions.conditional_update(resource_type, _criteria(query), body, ctx)
+                return self._respond(result, request, fmt, pretty, ctx)
+            if method == "DELETE":
+                result = interactions.conditional_delete(resource_type, _criteria(query), ctx)
+                return self._respond(result, request, fmt, pretty, ctx)
+            if method == "PATCH":
+                patch_body, patch_format = self._patch_body(request)
+                result = interactions.conditional_patch(resource_type, _criteria(query), patch_body, patch_format,
+                                                        ctx)
+                return self._respond(result, request, fmt, pretty, ctx)
+            raise _method_not_allowed(request.method, request.path)
+        if rest == ["_search"] and method == "POST":
+            params = query + self._form_params(request)
+            return self._respond(server.get(resource_type, params, ctx), request, fmt, pretty)
+        if rest == ["_history"] and method == "GET":
+            return self._respond(server.get(request.path, query, ctx), request, fmt, pretty)
+        resource_id = rest[0]
+        if len(rest) == 1:
+            return self._instance(request, resource_type, resource_id, method, ctx, fmt, pretty)
+        if method == "GET":
+            return self._respond(server.get(request.path, query, ctx), request, fmt, pretty)
+        raise _method_not_allowed(request.method, request.path)
+
+    def _system(self, request: HttpRequest, segments: list[str], method: str, query: list[tuple[str, str]],
+                ctx: RequestContext, fmt: str, pretty: bool) -> HttpResponse:
+        if not segments and method == "POST":
+            bundle = parse_body(request.body, request.headers.get("content-type"),
+                                self.server.settings.max_body_bytes)
+            return self._respond(Result(200, self.server.bundles.process(bundle, ctx)), request, fmt, pretty)
+        if segments == ["_search"] and method == "POST":
+            return self._respond(self.server.get("", query + self._form_params(request), ctx), request, fmt,
+                                 pretty)
+        if method == "GET" and len(segments) <= 1:
+            return self._respond(self.server.get(request.path, query, ctx), request, fmt, pretty)
+        raise _method_not_allowed(request.method, request.path)
+
+    def _instance(self, request: HttpRequest, resource_type: str, resource_id: str, method: str,
+                  ctx: RequestContext, fmt: str, pretty: bool) -> HttpResponse:
+        interactions = self.server.interactions
+        if_match = request.headers.get("if-match")
+        if method == "GET":
+            result = interactions.read(resource_type, resource_id)
+            if _not_modified(request, result):
+                return HttpResponse(304, headers=_version_headers(result))
+            if resource_type == "Binary" and _wants_raw_binary(request):
+                return _raw_binary(result)
+            return self._respond(result, request, fmt, pretty)
+        if method == "PUT":
+            body = self._resource_body(request, resource_type, resource_id)
+            return self._respond(interactions.update(resource_type, resource_id, body, ctx, if_match=if_match),
+                                 request, fmt, pretty, ctx)
+        if method == "DELETE":
+            return self._respond(interactions.delete(resource_type, resource_id, ctx, if_match=if_match),
+                                 request, fmt, pretty)
+        if method == "PATCH":
+            patch_body, patch_format = self._patch_body(request)
+            result = interactions.patch(resource_type, resource_id, patch_body, patch_format, ctx, if_match=if_match)
+            return self._respond(result, request, fmt, pretty, ctx)
+        raise _method_not_allowed(request.method, request.path)
+
+    def _operation(self, request: HttpRequest, segments: list[str], ctx: RequestContext, fmt: str,
+                   pretty: bool) -> HttpResponse:
+        name = segments[-1][1:]
+        resource_type = segments[0] if len(segments) >= 2 else None
+        resource_id = segments[1] if len(segments) == 3 else None
+        if resource_type:
+            self.server.require_type(resource_type)
+        if len(segments) > 3:
+            raise error(404, "not-found", f"Unknown path {request.path}")
+        body = None
+        if request.method == "POST" and request.body.strip():
+            body = parse_body(request.body, request.headers.get("content-type"), self.server.settings.max_body_bytes)
+        query = [(k, v) for k, v in request.query if k not in FORMAT_PARAMS]
+        call = OperationCall(name, resource_type, resource_id, request.method, query, body, ctx)
+        return self._respond(self.server.operations.call(call), request, fmt, pretty)
+
+    # -- bodies ------------------------------------------------------------------------------
+    def _resource_body(self, request: HttpRequest, resource_type: str, resource_id: str | None = None) -> Any:
+        content_type = media_type(request.headers.get("content-type"))
+        if resource_type == "Binary" and content_type and content_type not in JSON_TYPES | XML_TYPES:
+            # A raw document posted to /Binary: wrap it (http://hl7.org/fhir/R4/binary.html#rest)
+            binary: dict[str, Any] = {"resourceType": "Binary"}
+            if resource_id:
+                binary["id"] = resource_id
+            binary["contentType"] = request.headers.get("content-type", "")
+            binary["data"] = base64.b64encode(request.body).decode()
+            return binary
+        return parse_body(request.body, request.headers.get("content-type"), self.server.settings.max_body_bytes)
+
+    def _patch_body(self, request: HttpRequest) -> tuple[Any, str]:
+        content_type = media_type(request.headers.get("content-type"))
+        body = parse_body(request.body, content_type, self.server.settings.max_body_bytes)
+        if content_type == JSON_PATCH:
+            return body, "json-patch"
+        if isinstance(body, dict) and body.get("resourceType") == "Parameters":
+            return body, "fhirpath-patch"
+        raise error(415, "not-supported", "PATCH takes application/json-patch+json, or a FHIRPath Patch "
+                    "Parameters resource as application/fhir+json or application/fhir+xml")
+
+    def _form_params(self, request: HttpRequest) -> list[tuple[str, str]]:
+        if not request.body:
+            return []
+        if media_type(request.headers.get("content-type")) != "application/x-www-form-urlencoded":
+            raise error(415, "not-supported", "POST _search takes application/x-www-form-urlencoded parameters")
+        return [(k, v) for k, v in parse_qsl(request.body.decode(), keep_blank_values=True)
+                if k not in FORMAT_PARAMS]
+
+    # -- responses ---------------------------------------------------------------------------
+    def _respond(self, result: Result, request: HttpRequest, fmt: str, pretty: bool,
+                 ctx: RequestContext | None = None) -> HttpResponse:
+        headers = _version_headers(result)
+        if result.location:
+            headers["Location"] = f"{request.base_url}/{result.location}"
+        elif ctx is not None and result.body and result.version_id and "id" in result.body:
+            body = result.body
+            headers["Content-Location"] = \
+                f"{request.base_url}/{body['resourceType']}/{body['id']}/_history/{result.version_id}"
+        headers.update(result.headers)
+        body_dict = result.body
+        if ctx is not None and body_dict is not None and body_dict.get("resourceType") != "OperationOutcome":
+            if ctx.prefer_return == "minimal":
+                body_dict = None
+            elif ctx.prefer_return == "OperationOutcome":
+                body_dict = operation_outcome([])
+        if body_dict is None or request.method == "HEAD":
+            return HttpResponse(result.status, b"", headers)
+        headers["Content-Type"] = CONTENT_TYPES[fmt]
+        return HttpResponse(result.status, render(body_dict, fmt, pretty), headers)
+
+    def _error(self, exc: FhirError, fmt: str, pretty: bool) -> HttpResponse:
+        headers = {"Content-Type": CONTENT_TYPES[fmt], **exc.headers}
+        return HttpResponse(exc.status, render(operation_outcome(exc.issues), fmt, pretty), headers)
+
+
+def _context(request: HttpRequest) -> RequestContext:
+    prefer = request.headers.get("prefer", "")
+    ctx = RequestContext(base_url=request.base_url)
+    for part in prefer.split(","):
+        key, _, value = part.strip().partition("=")
+        value = value.strip('"')
+        if key == "return" and value in ("minimal", "representation", "OperationOutcome"):
+            ctx.prefer_return = value
+        elif key == "handling":
+            ctx.strict_handling = value == "strict"
+    return ctx
+
+
+def _param(query: list[tuple[str, str]], name: str) -> str | None:
+    return next((v for k, v in query if k == name), None)
+
+
+def _criteria(query: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    if not query:
+        raise bad_request("This interaction at type level is conditional: it needs search criteria in the URL")
+    return query
+
+
+def _method_not_allowed(method: str, path: str) -> FhirError:
+    return error(405, "not-supported", f"{method} is not allowed on /{path}")
+
+
+def _version_headers(result: Result) -> dict[str, str]:
+    headers = {}
+    if result.version_id:
+        headers["ETag"] = etag(result.version_id)
+    if result.last_modified:
+        headers["Last-Modified"] = format_datetime(result.last_modified, usegmt=True)
+    return headers
+
+
+def _not_modified(request: HttpRequest, result: Result) -> bool:
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match:
+        return any(parse_etag(tag) in (result.version_id, "*") for tag in if_none_match.split(","))
+    if_modified_since = request.headers.get("if-modified-since")
+    if if_modified_since and result.last_modified:
+        try:
+            since = parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False
+        return result.last_modified.replace(microsecond=0) <= since
+    return False
+
+
+def _wants_raw_binary(request: HttpRequest) -> bool:
+    if _param(request.query, "_format"):
+        return False
+    accept = media_type(request.headers.get("accept"))
+    return not any(media_type(a) in JSON_TYPES | XML_TYPES for a in request.headers.get("accept", "").split(",")) \
+        and accept != ""
+
+
+def _raw_binary(result: Result) -> HttpResponse:
+    body = result.body or {}
+    data = base64.b64decode(body.get("data", ""))
+    headers = _version_headers(result)
+    headers["Content-Type"] = body.get("contentType", "application/octet-stream")
+    return HttpResponse(200, data, headers)

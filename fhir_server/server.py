@@ -1,0 +1,113 @@
+"""Composition root: builds the server's parts from the settings, with no HTTP in sight.
+
+`FhirServer` is what the REST layer, the CLI and the tests drive.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fhir_server.config import Settings
+from fhir_server.definitions import Definitions, load_definitions
+from fhir_server.engine.bundles import BundleProcessor
+from fhir_server.engine.capabilities import capability_statement
+from fhir_server.engine.errors import bad_request, error, operation_outcome
+from fhir_server.engine.interactions import Interactions
+from fhir_server.engine.model import RequestContext, Result
+from fhir_server.engine.operations import Operation, OperationCall, OperationRegistry
+from fhir_server.search import SearchRegistry, SearchService
+from fhir_server.storage import MongoStore
+from fhir_server.validation import StructureValidator
+
+
+def _software_version() -> str:
+    try:
+        return version("espace-fhir-server")
+    except PackageNotFoundError:
+        return "dev"
+
+
+class FhirServer:
+    def __init__(self, settings: Settings, mongodb_uri: str, definitions: Definitions | None = None) -> None:
+        self.settings = settings
+        self.definitions = definitions or load_definitions()
+        self.store = MongoStore(mongodb_uri, settings.mongodb_db)
+        self.search_registry = SearchRegistry(self.definitions)
+        self.search = SearchService(self.search_registry, self.store)
+        self.validator = StructureValidator(self.definitions)
+        self.interactions = Interactions(self.store, self.search_registry, self.search, self.validator.validate)
+        self.bundles = BundleProcessor(self.definitions, self.interactions, self.get,
+                                       max_entries=settings.max_bundle_entries)
+        self.operations = OperationRegistry()
+        self._register_core_operations()
+
+    def start(self) -> None:
+        self.store.ping()
+        self.store.ensure_collections(self.search_registry.index_specs())
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- GET dispatch (REST layer and GET entries of bundles) --------------------------------
+    def get(self, path: str, query: list[tuple[str, str]], ctx: RequestContext) -> Result:
+        """Run a GET on a path relative to the base: read, vread, history or search."""
+        segments = [s for s in path.split("?", 1)[0].strip("/").split("/") if s]
+        if not segments:
+            return Result(200, self.search.search(None, query, base_url=ctx.base_url,
+                                                  strict=ctx.strict_handling))
+        if segments == ["_history"]:
+            return Result(200, self.interactions.history(None, None, query, ctx.base_url))
+        resource_type = segments[0]
+        if resource_type == "metadata" and len(segments) == 1:
+            return Result(200, self.capability_statement(ctx.base_url))
+        self.require_type(resource_type)
+        rest = segments[1:]
+        if not rest:
+            return Result(200, self.search.search(resource_type, query, base_url=ctx.base_url,
+                                                  strict=ctx.strict_handling))
+        if rest == ["_history"]:
+            return Result(200, self.interactions.history(resource_type, None, query, ctx.base_url))
+        resource_id = rest[0]
+        if len(rest) == 1:
+            return self.interactions.read(resource_type, resource_id)
+        if rest[1] == "_history" and len(rest) == 2:
+            return Result(200, self.interactions.history(resource_type, resource_id, query, ctx.base_url))
+        if rest[1] == "_history" and len(rest) == 3:
+            return self.interactions.vread(resource_type, resource_id, rest[2])
+        if len(rest) == 2 and self.definitions.is_resource_type(rest[1]):
+            if resource_type not in self.definitions.compartments:
+                raise bad_request(f"{resource_type} is not a compartment")
+            return Result(200, self.search.search(rest[1], query, base_url=ctx.base_url,
+                                                  strict=ctx.strict_handling,
+                                                  compartment=(resource_type, resource_id)))
+        raise error(404, "not-found", f"Unknown path {path}")
+
+    def require_type(self, resource_type: str) -> None:
+        if not self.definitions.is_resource_type(resource_type):
+            raise error(404, "not-supported", f"'{resource_type}' is not a FHIR R4 resource type")
+
+    def capability_statement(self, base_url: str) -> dict:
+        params: dict[str, dict[str, Any]] = {
+            t: self.search_registry.params_for(t) for t in self.definitions.resource_types
+        }
+        return capability_statement(self.definitions, params, self.operations, base_url, _software_version())
+
+    # -- operations --------------------------------------------------------------------------
+    def _register_core_operations(self) -> None:
+        self.operations.register(Operation(
+            name="validate", handler=self._validate_operation, instance=True,
+            definition="http://hl7.org/fhir/OperationDefinition/Resource-validate",
+            documentation="Structural validation against the FHIR R4 definitions"))
+
+    def _validate_operation(self, call: OperationCall) -> Result:
+        resource = call.body
+        if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+            resource = next((p.get("resource") for p in resource.get("parameter", [])
+                             if p.get("name") == "resource"), None)
+        if resource is None and call.resource_id:
+            resource = self.interactions.read(call.resource_type, call.resource_id).body
+        if resource is None:
+            raise bad_request("$validate needs a resource in the body (or a Parameters with a 'resource' part)")
+        issues = self.validator.validate(resource, call.resource_type)
+        return Result(200, operation_outcome(issues))

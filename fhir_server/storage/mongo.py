@@ -1,0 +1,196 @@
+"""MongoDB storage through pymongo.
+
+Works against a real replica set / sharded cluster and against the embedded MongoDB-wire server
+used for development and tests. Multi-document transactions are used when the deployment
+supports them (replica set or mongos); a standalone mongod has no transactions, so there each
+write is still atomic per document but a failing transaction bundle cannot be rolled back (the
+server refuses transaction bundles there rather than apply them half-way).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import pymongo
+from bson.codec_options import CodecOptions, TypeCodec, TypeRegistry
+from bson.decimal128 import Decimal128
+from pymongo.client_session import ClientSession
+from pymongo.errors import DuplicateKeyError, OperationFailure
+
+HISTORY = "_history"
+META = "_meta"
+
+
+class StorageConflict(Exception):
+    """A concurrent writer changed the resource first (optimistic concurrency)."""
+
+
+class _DecimalCodec(TypeCodec):
+    """FHIR decimals keep their precision: stored as Decimal128, read back as Decimal."""
+
+    python_type = Decimal
+    bson_type = Decimal128
+
+    def transform_python(self, value: Decimal) -> Decimal128:
+        return Decimal128(value)
+
+    def transform_bson(self, value: Decimal128) -> Decimal:
+        return value.to_decimal()
+
+
+CODEC_OPTIONS = CodecOptions(tz_aware=True, type_registry=TypeRegistry([_DecimalCodec()]))
+
+Session = ClientSession | None
+IndexSpec = Sequence[tuple[str, int]]
+
+
+class MongoStore:
+    def __init__(self, uri: str, database: str) -> None:
+        self.client: pymongo.MongoClient = pymongo.MongoClient(
+            uri, serverSelectionTimeoutMS=15000, tz_aware=True, uuidRepresentation="standard"
+        )
+        self.db = self.client.get_database(database, codec_options=CODEC_OPTIONS)
+        self._supports_transactions: bool | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+    def ping(self) -> None:
+        self.client.admin.command("ping")
+
+    @property
+    def supports_transactions(self) -> bool:
+        if self._supports_transactions is None:
+            hello = self.client.admin.command("hello")
+            self._supports_transactions = bool(hello.get("setName") or hello.get("msg") == "isdbgrid")
+        return self._supports_transactions
+
+    def ensure_collections(self, indexes: dict[str, list[IndexSpec]]) -> None:
+        """Create every collection up front (no implicit creation inside transactions) and the
+        indexes the search engine asks for."""
+        existing = set(self.db.list_collection_names())
+        for name in [HISTORY, META, *indexes]:
+            if name not in existing:
+                with contextlib.suppress(OperationFailure):
+                    self.db.create_collection(name)
+        history = self.db[HISTORY]
+        history.create_index([("type", 1), ("id", 1), ("ver", -1)], name="type_id_ver")
+        history.create_index([("lastUpdated", -1), ("_id", -1)], name="lastUpdated")
+        history.create_index([("type", 1), ("lastUpdated", -1), ("_id", -1)], name="type_lastUpdated")
+        for collection, specs in indexes.items():
+            self.db[collection].create_index([("_lastUpdated", -1), ("_id", -1)], name="lastUpdated")
+            for spec in specs:
+                name = "_".join(f"{field}{'' if order == 1 else order}" for field, order in spec)
+                with contextlib.suppress(OperationFailure):
+                    self.db[collection].create_index(list(spec), name=name[:120])
+
+    def drop_everything(self) -> None:
+        self.client.drop_database(self.db.name)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- transactions ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """Yield a session in a transaction (committed on success, aborted on exception), or None
+        on deployments without transactions."""
+        if not self.supports_transactions:
+            yield None
+            return
+        with self.client.start_session() as session, session.start_transaction():
+            yield session
+
+    # -- current versions --------------------------------------------------------------------
+    def get(self, resource_type: str, resource_id: str, session: Session = None) -> dict | None:
+        return self.db[resource_type].find_one({"_id": resource_id}, session=session)
+
+    def insert(self, resource_type: str, doc: dict, session: Session = None) -> None:
+        try:
+            self.db[resource_type].insert_one(doc, session=session)
+        except DuplicateKeyError as exc:
+            raise StorageConflict(f"{resource_type}/{doc['_id']} already exists") from exc
+
+    def replace(self, resource_type: str, doc: dict, expected_ver: int, session: Session = None) -> None:
+        result = self.db[resource_type].replace_one(
+            {"_id": doc["_id"], "_ver": expected_ver}, doc, session=session
+        )
+        if result.matched_count != 1:
+            raise StorageConflict(f"{resource_type}/{doc['_id']} changed concurrently")
+
+    def remove(self, resource_type: str, resource_id: str, expected_ver: int, session: Session = None) -> None:
+        result = self.db[resource_type].delete_one({"_id": resource_id, "_ver": expected_ver}, session=session)
+        if result.deleted_count != 1:
+            raise StorageConflict(f"{resource_type}/{resource_id} changed concurrently")
+
+    def find(
+        self,
+        resource_type: str,
+        query: dict,
+        sort: list[tuple[str, int]] | None = None,
+        limit: int = 0,
+        projection: dict | None = None,
+        session: Session = None,
+    ) -> list[dict]:
+        cursor = self.db[resource_type].find(query, projection, session=session)
+        if sort:
+            cursor = cursor.sort(sort)
+        if limit:
+            cursor = cursor.limit(limit)
+        return list(cursor)
+
+    def count(self, resource_type: str, query: dict, limit: int = 0, session: Session = None) -> int:
+        kwargs: dict[str, Any] = {"limit": limit} if limit else {}
+        return self.db[resource_type].count_documents(query, session=session, **kwargs)
+
+    def explain(self, resource_type: str, query: dict, sort: list[tuple[str, int]] | None = None) -> dict:
+        cursor = self.db[resource_type].find(query)
+        if sort:
+            cursor = cursor.sort(sort)
+        return cursor.explain()
+
+    def update_many(self, resource_type: str, query: dict, update: dict) -> int:
+        return self.db[resource_type].update_many(query, update).modified_count
+
+    # -- history -----------------------------------------------------------------------------
+    def add_version(self, entry: dict, session: Session = None) -> None:
+        try:
+            self.db[HISTORY].insert_one(entry, session=session)
+        except DuplicateKeyError as exc:
+            raise StorageConflict(f"version {entry['_id']} already exists") from exc
+
+    def latest_version(self, resource_type: str, resource_id: str, session: Session = None) -> dict | None:
+        return self.db[HISTORY].find_one(
+            {"type": resource_type, "id": resource_id}, sort=[("ver", -1)], session=session
+        )
+
+    def get_version(self, resource_type: str, resource_id: str, ver: int) -> dict | None:
+        return self.db[HISTORY].find_one({"_id": f"{resource_type}/{resource_id}/{ver}"})
+
+    def find_versions(self, query: dict, sort: list[tuple[str, int]], limit: int) -> list[dict]:
+        return list(self.db[HISTORY].find(query).sort(sort).limit(limit))
+
+    def count_versions(self, query: dict) -> int:
+        return self.db[HISTORY].count_documents(query)
+
+    def versions_current_at(self, query: dict, at: datetime, limit: int, skip: int = 0) -> list[dict]:
+        """For `_history?_at=`: per resource, the version that was current at `at`."""
+        pipeline: list[dict] = [
+            {"$match": {**query, "lastUpdated": {"$lte": at}}},
+            {"$sort": {"type": 1, "id": 1, "ver": -1}},
+            {"$group": {"_id": {"type": "$type", "id": "$id"}, "doc": {"$first": "$$ROOT"}}},
+            {"$replaceRoot": {"newRoot": "$doc"}},
+            {"$sort": {"lastUpdated": -1, "_id": -1}},
+            {"$skip": skip},
+            {"$limit": limit},
+        ]
+        return list(self.db[HISTORY].aggregate(pipeline))
+
+    # -- small key/value area (sequences, server state) --------------------------------------
+    def get_meta(self, key: str) -> dict | None:
+        return self.db[META].find_one({"_id": key})
+
+    def put_meta(self, key: str, value: dict) -> None:
+        self.db[META].replace_one({"_id": key}, {"_id": key, **value}, upsert=True)
