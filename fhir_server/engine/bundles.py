@@ -57,7 +57,9 @@ class BundleProcessor:
         if len(raw_entries) > self.max_entries:
             raise error(413, "too-costly", f"A {kind} may hold at most {self.max_entries} entries",
                         "Bundle.entry")
-        issues = self.interactions.validate(bundle, "Bundle")
+        # Entry resources are validated one by one when each entry runs, so that a batch can
+        # report each entry's own outcome; here only the Bundle's own structure is checked.
+        issues = self.interactions.validate(_without_entry_resources(bundle), "Bundle")
         if any(i.severity in ("error", "fatal") for i in issues):
             raise FhirError(400, issues)
         if kind == "transaction":
@@ -276,6 +278,14 @@ def _patch_of(entry: _Entry) -> tuple[Any, str]:
                               f"{entry.where}.resource.data") from None
     raise bad_request("A PATCH entry carries a Parameters resource (FHIRPath Patch) or a Binary holding a "
                       "JSON Patch", f"{entry.where}.resource")
+
+
+def _without_entry_resources(bundle: dict) -> dict:
+    entries = bundle.get("entry")
+    if not isinstance(entries, list):
+        return bundle
+    stripped = [{k: v for k, v in e.items() if k != "resource"} if isinstance(e, dict) else e for e in entries]
+    return {**bundle, "entry": stripped}
 
 
 def _check_unique_full_urls(raw_entries: list[dict]) -> None:

@@ -273,26 +273,26 @@ class _Operation:
 
     @property
     def path(self) -> str:
-        return self.string("path")
+        return self.string_part("path")
 
     def part_location(self, name: str) -> str:
         return f"{self.location}.part[{self.parts[name][0]}]"
 
-    def string(self, name: str) -> str:
+    def string_part(self, name: str) -> str:
         value = self.parts[name][1].get("valueString")
         if not isinstance(value, str) or not value:
             raise bad_request(f"The '{name}' part of FHIRPath Patch operation {self.position} "
                               "must have a valueString", self.part_location(name))
         return value
 
-    def integer(self, name: str) -> int:
+    def integer_part(self, name: str) -> int:
         value = self.parts[name][1].get("valueInteger")
         if not isinstance(value, int) or isinstance(value, bool):
             raise bad_request(f"The '{name}' part of FHIRPath Patch operation {self.position} "
                               "must have a valueInteger", self.part_location(name))
         return value
 
-    def value(self, type_path: str | None) -> tuple[Any, str | None]:
+    def value_part(self, type_path: str | None) -> tuple[Any, str | None]:
         return _part_value(self.parts["value"][1], type_path, self.part_location("value"))
 
     def not_applicable(self, message: str) -> FhirError:
@@ -336,8 +336,20 @@ def _parse_operation(position: int, entry: Any) -> _Operation:
             raise bad_request(f"FHIRPath Patch operation {position} ({kind}) has no '{required}' part",
                               f"{location}.part")
     operation = _Operation(position, kind, parts)
-    operation.string("path")                   # present, but is it a string?
+    _check_part_types(operation)
     return operation
+
+
+def _check_part_types(operation: _Operation) -> None:
+    """Reject ill-typed parts before any operation runs: a malformed patch is a 400 whatever the
+    resource. (Values are built again when applied, once the target type is known.)"""
+    for name in _REQUIRED_PARTS[operation.type]:
+        if name in ("path", "name"):
+            operation.string_part(name)
+        elif name == "value":
+            operation.value_part(None)
+        else:
+            operation.integer_part(name)
 
 
 def _part_value(part: dict, type_path: str | None, location: str) -> tuple[Any, str | None]:
@@ -421,10 +433,6 @@ class _Slot:
     type_path: str | None            # definitions path of the element itself
     value: Any
 
-    @property
-    def in_list(self) -> bool:
-        return isinstance(self.container, list)
-
 
 def _index_nodes(document: dict) -> dict[int, _Slot]:
     """Slot of every object and array of the document, by identity: fhirpathpy hands back the very
@@ -466,8 +474,9 @@ def _evaluate(document: dict, operation: _Operation, path: str) -> list:
         # location of primitives) instead of copies
         return evaluate(document, path, variables, _R4_MODEL, {"returnRawData": True})
     except Exception as exc:  # fhirpathpy raises bare Exceptions for syntax and evaluation errors
+        reason = str(exc)[:200]            # fhirpathpy messages may embed whole collections
         raise bad_request(f"The path {path!r} of FHIRPath Patch operation {operation.position} cannot be "
-                          f"evaluated: {exc}", operation.part_location("path")) from exc
+                          f"evaluated: {reason}", operation.part_location("path")) from exc
 
 
 def _locate(document: dict, operation: _Operation, path: str) -> list[_Slot]:
@@ -673,9 +682,9 @@ def _add(document: dict, operation: _Operation) -> None:
     if not isinstance(target.value, dict):
         raise operation.not_applicable("elements can only be added to a complex element")
     children = _children(target.type_path)
-    name = operation.string("name").removesuffix("[x]")
+    name = operation.string_part("name").removesuffix("[x]")
     declared = children.get(name)
-    value, suffix = operation.value(declared.path if declared else None)
+    value, suffix = operation.value_part(declared.path if declared else None)
     prop = _property_name(name, suffix, children)
     info = children.get(prop)
     if children and info is None:
@@ -691,10 +700,10 @@ def _add(document: dict, operation: _Operation) -> None:
 
 def _insert(document: dict, operation: _Operation) -> None:
     target = _locate_list(document, operation, create=True)
-    index = operation.integer("index")
+    index = operation.integer_part("index")
     if not 0 <= index <= len(target.items):
         raise operation.not_applicable(f"index {index} is outside 0..{len(target.items)}")
-    value, _ = operation.value(target.info.path if target.info else None)
+    value, _ = operation.value_part(target.info.path if target.info else None)
     target.items.insert(index, value)
     extensions = _primitive_extensions(target.owner, target.prop)
     if extensions is not None:
@@ -724,7 +733,7 @@ def _replace(document: dict, operation: _Operation) -> None:
     slot = _locate_one(document, operation)
     if slot.container is None:
         raise operation.not_applicable("the resource itself cannot be replaced")
-    value, suffix = operation.value(slot.type_path)
+    value, suffix = operation.value_part(slot.type_path)
     if isinstance(slot.container, list):
         slot.container[slot.key] = value
         return
@@ -739,7 +748,7 @@ def _replace(document: dict, operation: _Operation) -> None:
 
 def _move(document: dict, operation: _Operation) -> None:
     target = _locate_list(document, operation, create=False)
-    source, destination = operation.integer("source"), operation.integer("destination")
+    source, destination = operation.integer_part("source"), operation.integer_part("destination")
     last = len(target.items) - 1
     for name, index in (("source", source), ("destination", destination)):
         if not 0 <= index <= last:

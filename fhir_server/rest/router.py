@@ -52,7 +52,9 @@ class Router:
         try:
             fmt = response_format(_param(request.query, "_format"), request.headers.get("accept"))
         except FhirError as exc:
-            return self._error(exc, "json", False)
+            if not _is_binary_read(request):       # a Binary is served in its own media type
+                return self._error(exc, "json", False)
+            fmt = "json"
         pretty = _param(request.query, "_pretty") == "true"
         try:
             return self._dispatch(request, fmt, pretty)
@@ -268,6 +270,11 @@ def _not_modified(request: HttpRequest, result: Result) -> bool:
             return False
         return result.last_modified.replace(microsecond=0) <= since
     return False
+
+
+def _is_binary_read(request: HttpRequest) -> bool:
+    segments = [s for s in request.path.strip("/").split("/") if s]
+    return request.method in ("GET", "HEAD") and len(segments) == 2 and segments[0] == "Binary"
 
 
 def _wants_raw_binary(request: HttpRequest) -> bool:

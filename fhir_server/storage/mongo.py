@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -42,7 +42,7 @@ class _DecimalCodec(TypeCodec):
         return value.to_decimal()
 
 
-CODEC_OPTIONS = CodecOptions(tz_aware=True, type_registry=TypeRegistry([_DecimalCodec()]))
+CODEC_OPTIONS = CodecOptions(tz_aware=True, tzinfo=UTC, type_registry=TypeRegistry([_DecimalCodec()]))
 
 Session = ClientSession | None
 IndexSpec = Sequence[tuple[str, int]]

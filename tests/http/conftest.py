@@ -21,7 +21,7 @@ def client(mongo_uri: str, database_name: str) -> Iterator[TestClient]:
     app = create_app(settings, mongo_uri)
     with TestClient(app, base_url="http://testserver") as test_client:
         yield test_client
-    app.state.fhir.store.drop_everything()
+        app.state.fhir.store.drop_everything()
 
 
 def patient(family: str = "Martin", given: str = "Élodie", **extra) -> dict:

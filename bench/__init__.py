@@ -1,0 +1,1 @@
+"""Benchmarks that print figures for this machine (never timed assertions in tests)."""

@@ -1,0 +1,20 @@
+"""`python -m bench [crud] [--operations N]` prints the benchmark figures for this machine."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import crud
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("workload", nargs="?", default="crud", choices=["crud"])
+    parser.add_argument("--operations", type=int, default=500)
+    args = parser.parse_args()
+    if args.workload == "crud":
+        crud.main(args.operations)
+
+
+if __name__ == "__main__":
+    main()
