@@ -30,6 +30,7 @@ def _serve(settings: Settings, uri: str, load_folders: list[Path]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the embedded database when no URI is configured, load the examples, serve."""
+    os.environ.setdefault("FHIR_AUTH_DEV_ISSUER", "1")      # development: trust `fhir-server token`
     settings = Settings()
     database = None
     uri = settings.mongodb_uri
@@ -75,6 +76,39 @@ def cmd_load(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a token signed by the local development issuer."""
+    from fhir_server.access import devissuer
+
+    if args.actor == "patient":
+        claims = devissuer.patient_claims(args.ins)
+    elif args.actor == "practitioner":
+        claims = devissuer.practitioner_claims(args.rpps, args.profession, args.organization, args.purpose_of_use,
+                                               args.specialty)
+    else:
+        claims = devissuer.system_claims(args.scope, args.client_id)
+    print(devissuer.mint(Settings().dev_issuer_dir, claims, args.lifetime))
+    return 0
+
+
+def _token_parser(commands: argparse._SubParsersAction) -> None:
+    token = commands.add_parser("token", help="print a development token (trusted only with FHIR_AUTH_DEV_ISSUER)")
+    token.add_argument("--lifetime", type=int, default=8 * 3600, help="seconds (default 8 hours)")
+    actors = token.add_subparsers(dest="actor", required=True)
+    patient = actors.add_parser("patient")
+    patient.add_argument("--ins", required=True, help="the patient's INS-NIR")
+    practitioner = actors.add_parser("practitioner")
+    practitioner.add_argument("--rpps", required=True)
+    practitioner.add_argument("--profession", required=True, help="TRE_G15 profession code (10 = médecin)")
+    practitioner.add_argument("--organization", help="FINESS of the organisation")
+    practitioner.add_argument("--purpose-of-use", help="v3-ActReason code: TREAT (default) or ETREAT (emergency)")
+    practitioner.add_argument("--specialty", help="specialty code (TRE_R38)")
+    system = actors.add_parser("system")
+    system.add_argument("--scope", required=True, help='SMART scopes, e.g. "system/DocumentReference.cr"')
+    system.add_argument("--client-id", default="dev-client")
+    token.set_defaults(func=cmd_token)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server", description="Espace FHIR R4 server")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -85,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     load = commands.add_parser("load", help="load resources / bundles into FHIR_MONGODB_URI")
     load.add_argument("paths", nargs="+")
     load.set_defaults(func=cmd_load)
+    _token_parser(commands)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -14,6 +14,13 @@ def _int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.lower() in ("1", "true", "yes", "on")
+
+
 @dataclass(frozen=True)
 class Settings:
     mongodb_uri: str | None = field(default_factory=lambda: os.environ.get("FHIR_MONGODB_URI") or None)
@@ -25,3 +32,17 @@ class Settings:
     max_body_bytes: int = field(default_factory=lambda: _int("FHIR_MAX_BODY_BYTES", 64 * 1024 * 1024))
     max_bundle_entries: int = field(default_factory=lambda: _int("FHIR_MAX_BUNDLE_ENTRIES", 10_000))
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("FHIR_DATA_DIR", PROJECT_ROOT / ".data")))
+    # One production issuer of bearer JWTs (Pro Santé Connect style): issuer, audience, JWKS file or URL.
+    auth_issuer: str | None = field(default_factory=lambda: os.environ.get("FHIR_AUTH_ISSUER") or None)
+    auth_audience: str | None = field(default_factory=lambda: os.environ.get("FHIR_AUTH_AUDIENCE") or None)
+    auth_jwks: str | None = field(default_factory=lambda: os.environ.get("FHIR_AUTH_JWKS") or None)
+    # Trust the local development issuer (`fhir-server token ...`): on in `make run`, off otherwise.
+    dev_issuer: bool = field(default_factory=lambda: _flag("FHIR_AUTH_DEV_ISSUER", False))
+    dev_issuer_dir_override: Path | None = field(
+        default_factory=lambda: Path(os.environ["FHIR_DEV_ISSUER_DIR"]) if os.environ.get("FHIR_DEV_ISSUER_DIR")
+        else None)
+
+    @property
+    def dev_issuer_dir(self) -> Path:
+        """Where the development issuer keeps its key pair."""
+        return self.dev_issuer_dir_override or self.data_dir / "dev-issuer"

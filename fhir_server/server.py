@@ -8,6 +8,10 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from fhir_server.access.actor import Actor
+from fhir_server.access.devissuer import dev_issuer
+from fhir_server.access.policy import AccessPolicy
+from fhir_server.access.tokens import Authenticator, TrustedIssuer
 from fhir_server.config import Settings
 from fhir_server.definitions import Definitions, load_definitions
 from fhir_server.engine.bundles import BundleProcessor
@@ -19,6 +23,22 @@ from fhir_server.engine.operations import Operation, OperationCall, OperationReg
 from fhir_server.search import SearchRegistry, SearchService
 from fhir_server.storage import MongoStore
 from fhir_server.validation import StructureValidator
+
+
+def _trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
+    issuers = []
+    if settings.auth_issuer and settings.auth_audience and settings.auth_jwks:
+        issuers.append(TrustedIssuer(settings.auth_issuer, settings.auth_audience, settings.auth_jwks))
+    if settings.dev_issuer:
+        issuers.append(dev_issuer(settings.dev_issuer_dir))
+    return issuers
+
+
+def _patient_of(consent: dict) -> str | None:
+    reference = (consent.get("patient") or {}).get("reference")
+    if not isinstance(reference, str) or "Patient/" not in reference:
+        return None
+    return "Patient/" + reference.rsplit("Patient/", 1)[1]
 
 
 def _software_version() -> str:
@@ -36,7 +56,11 @@ class FhirServer:
         self.search_registry = SearchRegistry(self.definitions)
         self.search = SearchService(self.search_registry, self.store)
         self.validator = StructureValidator(self.definitions)
-        self.interactions = Interactions(self.store, self.search_registry, self.search, self.validator.validate)
+        self.policy = AccessPolicy(self.definitions, self.store, self._lookup)
+        self.authenticator = Authenticator(_trusted_issuers(settings))
+        self.interactions = Interactions(self.store, self.search_registry, self.search, self.validator.validate,
+                                         self.policy)
+        self.interactions.write_hooks.append(self._on_write)
         self.bundles = BundleProcessor(self.definitions, self.interactions, self.get,
                                        max_entries=settings.max_bundle_entries)
         self.operations = OperationRegistry()
@@ -49,6 +73,21 @@ class FhirServer:
     def close(self) -> None:
         self.store.close()
 
+    # -- access ------------------------------------------------------------------------------
+    def _lookup(self, resource_type: str, params: list[tuple[str, str]]) -> list[str]:
+        return self.search.matching_ids(resource_type, params, limit=50)
+
+    def context_for(self, ctx: RequestContext, actor: Actor | None) -> RequestContext:
+        ctx.access = self.policy.request_access(actor)
+        return ctx
+
+    def _on_write(self, resource_type: str, old: dict | None, new: dict | None, session: Any) -> None:
+        if resource_type == "Consent":
+            for patient in {_patient_of(r) for r in (old, new) if r is not None} - {None}:
+                consents = [d["resource"] for d in self.store.find("Consent", {"_acl.patients": patient},
+                                                                    session=session)]
+                self.policy.refresh_consent_state(patient, consents, session)
+
     # -- GET dispatch (REST layer and GET entries of bundles) --------------------------------
     def get(self, path: str, query: list[tuple[str, str]], ctx: RequestContext) -> Result:
         """Run a GET on a path relative to the base: read, vread, history or search."""
@@ -57,7 +96,7 @@ class FhirServer:
             return Result(200, self.search.search(None, query, base_url=ctx.base_url,
                                                   strict=ctx.strict_handling))
         if segments == ["_history"]:
-            return Result(200, self.interactions.history(None, None, query, ctx.base_url))
+            return Result(200, self.interactions.history(None, None, query, ctx))
         resource_type = segments[0]
         if resource_type == "metadata" and len(segments) == 1:
             return Result(200, self.capability_statement(ctx.base_url))
@@ -67,14 +106,14 @@ class FhirServer:
             return Result(200, self.search.search(resource_type, query, base_url=ctx.base_url,
                                                   strict=ctx.strict_handling))
         if rest == ["_history"]:
-            return Result(200, self.interactions.history(resource_type, None, query, ctx.base_url))
+            return Result(200, self.interactions.history(resource_type, None, query, ctx))
         resource_id = rest[0]
         if len(rest) == 1:
-            return self.interactions.read(resource_type, resource_id)
+            return self.interactions.read(resource_type, resource_id, ctx)
         if rest[1] == "_history" and len(rest) == 2:
-            return Result(200, self.interactions.history(resource_type, resource_id, query, ctx.base_url))
+            return Result(200, self.interactions.history(resource_type, resource_id, query, ctx))
         if rest[1] == "_history" and len(rest) == 3:
-            return self.interactions.vread(resource_type, resource_id, rest[2])
+            return self.interactions.vread(resource_type, resource_id, rest[2], ctx)
         if len(rest) == 2 and self.definitions.is_resource_type(rest[1]):
             if resource_type not in self.definitions.compartments:
                 raise bad_request(f"{resource_type} is not a compartment")
@@ -106,7 +145,7 @@ class FhirServer:
             resource = next((p.get("resource") for p in resource.get("parameter", [])
                              if p.get("name") == "resource"), None)
         if resource is None and call.resource_id:
-            resource = self.interactions.read(call.resource_type, call.resource_id).body
+            resource = self.interactions.read(call.resource_type, call.resource_id, call.ctx).body
         if resource is None:
             raise bad_request("$validate needs a resource in the body (or a Parameters with a 'resource' part)")
         issues = self.validator.validate(resource, call.resource_type)

@@ -176,7 +176,7 @@ class BundleProcessor:
         if entry.method == "POST":
             existing = entry.raw.get("_existing")
             if existing:
-                return interactions.read(entry.resource_type, existing, session)
+                return interactions.read(entry.resource_type, existing, ctx, session)
             return interactions.create(entry.resource_type, resource, ctx, session=session,
                                        resource_id=entry.resource_id)
         if entry.method == "PUT":

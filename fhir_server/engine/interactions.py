@@ -12,7 +12,7 @@ import base64
 import copy
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode
 
 from dateutil import parser as date_parser
@@ -39,6 +39,9 @@ from fhir_server.engine.model import (
 )
 from fhir_server.storage import MongoStore, Session, StorageConflict
 
+if TYPE_CHECKING:
+    from fhir_server.access.policy import AccessPolicy
+
 DEFAULT_HISTORY_COUNT = 20
 MAX_HISTORY_COUNT = 1000
 
@@ -56,26 +59,31 @@ WriteHook = Callable[[str, dict | None, dict | None, Session], None]
 
 
 class Interactions:
-    def __init__(self, store: MongoStore, indexer: Indexer, search: Search, validate: Validate) -> None:
+    def __init__(self, store: MongoStore, indexer: Indexer, search: Search, validate: Validate,
+                 policy: AccessPolicy | None = None) -> None:
         self.store = store
         self.indexer = indexer
         self.search = search
         self.validate = validate
+        self.policy = policy
         # Called after every write inside its transaction: (resource_type, old, new, session).
         # Business modules (audit, MHD, custom SearchParameters) plug in here.
         self.write_hooks: list[WriteHook] = []
 
     # -- read side ---------------------------------------------------------------------------
-    def read(self, resource_type: str, resource_id: str, session: Session = None) -> Result:
-        doc = self.store.get(resource_type, resource_id, session)
+    def read(self, resource_type: str, resource_id: str, ctx: RequestContext, session: Session = None) -> Result:
+        self._guard(ctx, resource_type, "read")
+        where = self.read_filter(ctx, resource_type)
+        doc = self.store.get(resource_type, resource_id, session, where)
         if doc is None:
-            raise self._missing(resource_type, resource_id, session)
+            raise self._missing(resource_type, resource_id, session, where)
         return _result(200, doc["resource"], doc["_ver"], doc["_lastUpdated"])
 
-    def vread(self, resource_type: str, resource_id: str, version: str) -> Result:
+    def vread(self, resource_type: str, resource_id: str, version: str, ctx: RequestContext) -> Result:
+        self._guard(ctx, resource_type, "vread")
         if not version.isdigit():
             raise not_found(f"Version '{version}' of {resource_type}/{resource_id} does not exist")
-        entry = self.store.get_version(resource_type, resource_id, int(version))
+        entry = self.store.get_version(resource_type, resource_id, int(version), self.read_filter(ctx, resource_type))
         if entry is None:
             raise not_found(f"Version {version} of {resource_type}/{resource_id} does not exist")
         if entry["resource"] is None:
@@ -84,8 +92,9 @@ class Interactions:
             raise exc
         return _result(200, entry["resource"], entry["ver"], entry["lastUpdated"])
 
-    def _missing(self, resource_type: str, resource_id: str, session: Session) -> FhirError:
-        latest = self.store.latest_version(resource_type, resource_id, session)
+    def _missing(self, resource_type: str, resource_id: str, session: Session, where: dict | None = None
+                 ) -> FhirError:
+        latest = self.store.latest_version(resource_type, resource_id, session, where)
         if latest is not None and latest["resource"] is None:
             exc = gone(f"{resource_type}/{resource_id} was deleted (version {latest['ver']})")
             exc.headers["ETag"] = etag(latest["ver"])
@@ -96,23 +105,30 @@ class Interactions:
     def create(self, resource_type: str, resource: Any, ctx: RequestContext,
                if_none_exist: str | None = None, session: Session = None,
                resource_id: str | None = None) -> Result:
+        self._guard(ctx, resource_type, "create")
         if if_none_exist:
             matches = self.search.matching_ids(resource_type, _query_items(if_none_exist), limit=2)
             if len(matches) > 1:
                 raise precondition_failed(
                     f"If-None-Exist '{if_none_exist}' matches {len(matches)} resources; it must match at most one")
             if matches:
-                existing = self.read(resource_type, matches[0], session)
+                existing = self.read(resource_type, matches[0], ctx, session)
                 existing.status = 200
                 return existing
         self._check_body(resource_type, resource)
-        return self._store_new(resource_type, resource_id or new_id(), resource, session, version=1)
+        return self._store_new(resource_type, resource_id or new_id(), resource, ctx, session, version=1)
 
-    def _store_new(self, resource_type: str, resource_id: str, resource: dict, session: Session,
-                   version: int) -> Result:
+    def _store_new(self, resource_type: str, resource_id: str, resource: dict, ctx: RequestContext,
+                   session: Session, version: int) -> Result:
         stored = _with_meta(resource, resource_id, version)
         moment = self._stamp(stored)
-        self._write(session, lambda s: self._insert(resource_type, stored, version, moment, s))
+        doc = self._document(resource_type, stored, version, moment, ctx, session)
+
+        def write(s: Session) -> None:
+            self.store.insert(resource_type, doc, s)
+            self.store.add_version(_version_entry(resource_type, doc, "POST" if version == 1 else "PUT"), s)
+
+        self._write(session, write)
         self._run_hooks(resource_type, None, stored, session)
         result = _result(201, stored, version, moment)
         result.location = f"{resource_type}/{resource_id}/_history/{version}"
@@ -121,6 +137,7 @@ class Interactions:
     # -- update ------------------------------------------------------------------------------
     def update(self, resource_type: str, resource_id: str, resource: Any, ctx: RequestContext,
                if_match: str | None = None, session: Session = None) -> Result:
+        self._guard(ctx, resource_type, "update")
         if not ID_PATTERN.match(resource_id):
             raise bad_request(f"'{resource_id}' is not a valid FHIR id ([A-Za-z0-9-.], 1 to 64 characters)")
         self._check_body(resource_type, resource)
@@ -131,25 +148,37 @@ class Interactions:
         if body_id != resource_id:
             raise bad_request(f"The resource id '{body_id}' does not match the id '{resource_id}' in the URL",
                               f"{resource_type}.id")
-        current = self.store.get(resource_type, resource_id, session)
+        current = self._visible_current(resource_type, resource_id, ctx, session)
         if current is None:
             if if_match:
                 raise precondition_failed(f"{resource_type}/{resource_id} does not exist; If-Match cannot hold")
             latest = self.store.latest_version(resource_type, resource_id, session)
             version = latest["ver"] + 1 if latest else 1
-            return self._store_new(resource_type, resource_id, resource, session, version)
+            return self._store_new(resource_type, resource_id, resource, ctx, session, version)
         self._check_if_match(current, if_match)
-        return self._replace(resource_type, current, resource, session)
+        return self._replace(resource_type, current, resource, ctx, session)
 
-    def _replace(self, resource_type: str, current: dict, resource: dict, session: Session) -> Result:
+    def _visible_current(self, resource_type: str, resource_id: str, ctx: RequestContext,
+                         session: Session) -> dict | None:
+        """The current version; a resource the actor may not see answers as if it did not exist
+        (and may not be overwritten by an update-as-create)."""
+        current = self.store.get(resource_type, resource_id, session)
+        where = self.read_filter(ctx, resource_type)
+        if current is not None and where is not None and \
+                self.store.get(resource_type, resource_id, session, where) is None:
+            raise not_found(f"{resource_type}/{resource_id} does not exist")
+        return current
+
+    def _replace(self, resource_type: str, current: dict, resource: dict, ctx: RequestContext,
+                 session: Session) -> Result:
         version = current["_ver"] + 1
         stored = _with_meta(resource, current["_id"], version)
         moment = self._stamp(stored)
+        doc = self._document(resource_type, stored, version, moment, ctx, session)
 
         def write(s: Session) -> None:
-            doc = self._document(stored, version, moment)
             self.store.replace(resource_type, doc, current["_ver"], s)
-            self.store.add_version(_version_entry(resource_type, stored, version, moment, "PUT"), s)
+            self.store.add_version(_version_entry(resource_type, doc, "PUT"), s)
 
         self._write(session, write)
         self._run_hooks(resource_type, current["resource"], stored, session)
@@ -163,7 +192,8 @@ class Interactions:
         if not matches:
             if body_id is not None:
                 return self.update(resource_type, body_id, resource, ctx, session=session)
-            return self._store_new(resource_type, new_id(), resource, session, version=1)
+            self._guard(ctx, resource_type, "create")
+            return self._store_new(resource_type, new_id(), resource, ctx, session, version=1)
         if body_id is not None and body_id != matches[0]:
             raise bad_request(
                 f"The resource id '{body_id}' differs from the id '{matches[0]}' of the resource the "
@@ -184,15 +214,16 @@ class Interactions:
     # -- patch -------------------------------------------------------------------------------
     def patch(self, resource_type: str, resource_id: str, patch_body: Any, patch_format: str,
               ctx: RequestContext, if_match: str | None = None, session: Session = None) -> Result:
-        current = self.store.get(resource_type, resource_id, session)
+        self._guard(ctx, resource_type, "patch")
+        current = self._visible_current(resource_type, resource_id, ctx, session)
         if current is None:
-            raise self._missing(resource_type, resource_id, session)
+            raise self._missing(resource_type, resource_id, session, self.read_filter(ctx, resource_type))
         self._check_if_match(current, if_match)
         patched = apply_patch(current["resource"], patch_body, patch_format)
         if patched.get("resourceType") != resource_type or patched.get("id") != resource_id:
             raise error(422, "processing", "A patch may not change the resourceType or the id", f"{resource_type}.id")
         self._check_body(resource_type, patched)
-        return self._replace(resource_type, current, patched, session)
+        return self._replace(resource_type, current, patched, ctx, session)
 
     def conditional_patch(self, resource_type: str, query: list[tuple[str, str]], patch_body: Any,
                           patch_format: str, ctx: RequestContext, session: Session = None) -> Result:
@@ -204,24 +235,31 @@ class Interactions:
     # -- delete ------------------------------------------------------------------------------
     def delete(self, resource_type: str, resource_id: str, ctx: RequestContext,
                if_match: str | None = None, session: Session = None) -> Result:
-        current = self.store.get(resource_type, resource_id, session)
+        self._guard(ctx, resource_type, "delete")
+        current = self._visible_current(resource_type, resource_id, ctx, session)
         if current is None:
-            latest = self.store.latest_version(resource_type, resource_id, session)
+            latest = self.store.latest_version(resource_type, resource_id, session,
+                                               self.read_filter(ctx, resource_type))
             if latest is None:
                 raise not_found(f"{resource_type}/{resource_id} does not exist")
             if if_match:
                 raise precondition_failed(f"{resource_type}/{resource_id} is already deleted")
             return _deleted_result(f"{resource_type}/{resource_id} was already deleted", latest["ver"])
         self._check_if_match(current, if_match)
+        if self.policy is not None and ctx.access is not None:
+            self.policy.check_write(ctx.access, resource_type, current.get("_acl"))
         version = current["_ver"] + 1
         moment = now()
 
         def write(s: Session) -> None:
             self.store.remove(resource_type, resource_id, current["_ver"], s)
-            self.store.add_version({
+            tombstone = {
                 "_id": f"{resource_type}/{resource_id}/{version}", "type": resource_type, "id": resource_id,
                 "ver": version, "method": "DELETE", "lastUpdated": moment, "resource": None,
-            }, s)
+            }
+            if current.get("_acl"):
+                tombstone["_acl"] = current["_acl"]
+            self.store.add_version(tombstone, s)
 
         self._write(session, write)
         self._run_hooks(resource_type, current["resource"], None, session)
@@ -240,27 +278,34 @@ class Interactions:
 
     # -- history -----------------------------------------------------------------------------
     def history(self, resource_type: str | None, resource_id: str | None, params: list[tuple[str, str]],
-                base_url: str) -> dict:
+                ctx: RequestContext) -> dict:
+        base_url = ctx.base_url
+        if resource_type:
+            self._guard(ctx, resource_type, "history")
         options = _history_options(params)
         query: dict[str, Any] = {}
         if resource_type:
             query["type"] = resource_type
         if resource_id:
             query["id"] = resource_id
-            if self.store.latest_version(resource_type, resource_id) is None:
+            if self.store.latest_version(resource_type, resource_id, where=self.read_filter(ctx, resource_type)) \
+                    is None:
                 raise not_found(f"{resource_type}/{resource_id} does not exist")
         if options["since"]:
             query["lastUpdated"] = {"$gte": options["since"]}
+        where = self.read_filter(ctx, resource_type or "")
+        if where is not None:
+            query = {"$and": [query, where]} if query else where
         count = options["count"]
         if options["at"]:
             skip = options["page"] * count
             versions = self.store.versions_current_at(query, options["at"], count + 1, skip)
         else:
-            page_query = dict(query)
+            page_query = query
             if options["cursor"]:
                 moment, key = options["cursor"]
-                page_query["$or"] = [{"lastUpdated": {"$lt": moment}},
-                                     {"lastUpdated": moment, "_id": {"$lt": key}}]
+                after = {"$or": [{"lastUpdated": {"$lt": moment}}, {"lastUpdated": moment, "_id": {"$lt": key}}]}
+                page_query = {"$and": [query, after]} if query else after
             versions = self.store.find_versions(page_query, [("lastUpdated", -1), ("_id", -1)], count + 1)
         has_more = len(versions) > count
         versions = versions[:count]
@@ -300,15 +345,28 @@ class Interactions:
         stored["meta"]["lastUpdated"] = instant(moment)
         return moment
 
-    def _document(self, resource: dict, version: int, moment: datetime) -> dict:
-        return {"_id": resource["id"], "resource": resource, "_ver": version, "_lastUpdated": moment,
-                "_index": self.indexer.extract_index(resource)}
+    def read_filter(self, ctx: RequestContext, resource_type: str) -> dict | None:
+        if self.policy is None or ctx.access is None:
+            return None
+        return self.policy.read_filter(ctx.access, resource_type)
 
-    def _insert(self, resource_type: str, resource: dict, version: int, moment: datetime,
-                session: Session) -> None:
-        self.store.insert(resource_type, self._document(resource, version, moment), session)
-        self.store.add_version(_version_entry(resource_type, resource, version, moment,
-                                              "POST" if version == 1 else "PUT"), session)
+    def _guard(self, ctx: RequestContext, resource_type: str, interaction: str) -> None:
+        if self.policy is not None and ctx.access is not None:
+            self.policy.check_interaction(ctx.access, resource_type, interaction)
+
+    def _document(self, resource_type: str, resource: dict, version: int, moment: datetime, ctx: RequestContext,
+                  session: Session) -> dict:
+        """The stored document: resource, version facts, search index and access data."""
+        index = self.indexer.extract_index(resource)
+        doc = {"_id": resource["id"], "resource": resource, "_ver": version, "_lastUpdated": moment,
+               "_index": index}
+        if self.policy is not None:
+            acl = self.policy.acl_for(resource_type, resource, index, session)
+            if acl is not None:
+                doc["_acl"] = acl
+            if ctx.access is not None:
+                self.policy.check_write(ctx.access, resource_type, acl)
+        return doc
 
     def _write(self, session: Session, action: Callable[[Session], None]) -> None:
         """Run `action` in the caller's transaction, or in a new one."""
@@ -357,9 +415,12 @@ def _with_id_first(resource: dict) -> dict:
     return ordered
 
 
-def _version_entry(resource_type: str, resource: dict, version: int, moment: datetime, method: str) -> dict:
-    return {"_id": f"{resource_type}/{resource['id']}/{version}", "type": resource_type, "id": resource["id"],
-            "ver": version, "method": method, "lastUpdated": moment, "resource": resource}
+def _version_entry(resource_type: str, doc: dict, method: str) -> dict:
+    entry = {"_id": f"{resource_type}/{doc['_id']}/{doc['_ver']}", "type": resource_type, "id": doc["_id"],
+             "ver": doc["_ver"], "method": method, "lastUpdated": doc["_lastUpdated"], "resource": doc["resource"]}
+    if "_acl" in doc:
+        entry["_acl"] = doc["_acl"]
+    return entry
 
 
 def _result(status: int, resource: dict, version: int, moment: datetime) -> Result:

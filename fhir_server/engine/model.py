@@ -6,6 +6,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 
@@ -17,6 +18,7 @@ class RequestContext:
     base_url: str
     prefer_return: str = "representation"      # minimal | representation | OperationOutcome
     strict_handling: bool = False               # Prefer: handling=strict
+    access: Any = None                          # access.policy.RequestAccess of the authenticated actor
 
 
 @dataclass

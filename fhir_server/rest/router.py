@@ -9,6 +9,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
+from fhir_server.access.policy import CONFORMANCE_TYPES
 from fhir_server.engine.errors import FhirError, bad_request, error, operation_outcome
 from fhir_server.engine.model import RequestContext, Result, etag, parse_etag
 from fhir_server.engine.operations import OperationCall
@@ -66,6 +67,9 @@ class Router:
         segments = [s for s in request.path.strip("/").split("/") if s]
         method = "GET" if request.method == "HEAD" else request.method
         ctx = _context(request)
+        if not _is_public(segments, method):
+            actor = self.server.authenticator.authenticate(request.headers.get("authorization"))
+            self.server.context_for(ctx, actor)
         query = [(k, v) for k, v in request.query if k not in FORMAT_PARAMS]
         server = self.server
         interactions = server.interactions
@@ -129,7 +133,7 @@ class Router:
         interactions = self.server.interactions
         if_match = request.headers.get("if-match")
         if method == "GET":
-            result = interactions.read(resource_type, resource_id)
+            result = interactions.read(resource_type, resource_id, ctx)
             if _not_modified(request, result):
                 return HttpResponse(304, headers=_version_headers(result))
             if resource_type == "Binary" and _wants_raw_binary(request):
@@ -220,6 +224,16 @@ class Router:
     def _error(self, exc: FhirError, fmt: str, pretty: bool) -> HttpResponse:
         headers = {"Content-Type": CONTENT_TYPES[fmt], **exc.headers}
         return HttpResponse(exc.status, render(operation_outcome(exc.issues), fmt, pretty), headers)
+
+
+def _is_public(segments: list[str], method: str) -> bool:
+    """The CapabilityStatement, conformance resources and type-level $validate of a posted payload
+    hold no patient data: they need no token."""
+    if segments == ["metadata"]:
+        return True
+    if segments and segments[0] in CONFORMANCE_TYPES and method == "GET":
+        return True
+    return len(segments) == 2 and segments[1] == "$validate"
 
 
 def _context(request: HttpRequest) -> RequestContext:

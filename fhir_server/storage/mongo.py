@@ -79,8 +79,11 @@ class MongoStore:
         history.create_index([("type", 1), ("id", 1), ("ver", -1)], name="type_id_ver")
         history.create_index([("lastUpdated", -1), ("_id", -1)], name="lastUpdated")
         history.create_index([("type", 1), ("lastUpdated", -1), ("_id", -1)], name="type_lastUpdated")
+        # consent changes rewrite the access data of every version of one patient's resources
+        history.create_index([("_acl.patients", 1)], name="acl_patients", sparse=True)
         for collection, specs in indexes.items():
             self.db[collection].create_index([("_lastUpdated", -1), ("_id", -1)], name="lastUpdated")
+            self.db[collection].create_index([("_acl.patients", 1)], name="acl_patients", sparse=True)
             for spec in specs:
                 name = "_".join(f"{field}{'' if order == 1 else order}" for field, order in spec)
                 with contextlib.suppress(OperationFailure):
@@ -104,8 +107,10 @@ class MongoStore:
             yield session
 
     # -- current versions --------------------------------------------------------------------
-    def get(self, resource_type: str, resource_id: str, session: Session = None) -> dict | None:
-        return self.db[resource_type].find_one({"_id": resource_id}, session=session)
+    def get(self, resource_type: str, resource_id: str, session: Session = None,
+            where: dict | None = None) -> dict | None:
+        """The current version, if it exists and matches `where` (an access filter)."""
+        return self.db[resource_type].find_one(_and({"_id": resource_id}, where), session=session)
 
     def insert(self, resource_type: str, doc: dict, session: Session = None) -> None:
         try:
@@ -151,8 +156,8 @@ class MongoStore:
             cursor = cursor.sort(sort)
         return cursor.explain()
 
-    def update_many(self, resource_type: str, query: dict, update: dict) -> int:
-        return self.db[resource_type].update_many(query, update).modified_count
+    def update_many(self, collection: str, query: dict, update: dict, session: Session = None) -> int:
+        return self.db[collection].update_many(query, update, session=session).modified_count
 
     # -- history -----------------------------------------------------------------------------
     def add_version(self, entry: dict, session: Session = None) -> None:
@@ -161,13 +166,17 @@ class MongoStore:
         except DuplicateKeyError as exc:
             raise StorageConflict(f"version {entry['_id']} already exists") from exc
 
-    def latest_version(self, resource_type: str, resource_id: str, session: Session = None) -> dict | None:
-        return self.db[HISTORY].find_one(
+    def latest_version(self, resource_type: str, resource_id: str, session: Session = None,
+                       where: dict | None = None) -> dict | None:
+        latest = self.db[HISTORY].find_one(
             {"type": resource_type, "id": resource_id}, sort=[("ver", -1)], session=session
         )
+        if latest is None or where is None:
+            return latest
+        return self.db[HISTORY].find_one(_and({"_id": latest["_id"]}, where), session=session)
 
-    def get_version(self, resource_type: str, resource_id: str, ver: int) -> dict | None:
-        return self.db[HISTORY].find_one({"_id": f"{resource_type}/{resource_id}/{ver}"})
+    def get_version(self, resource_type: str, resource_id: str, ver: int, where: dict | None = None) -> dict | None:
+        return self.db[HISTORY].find_one(_and({"_id": f"{resource_type}/{resource_id}/{ver}"}, where))
 
     def find_versions(self, query: dict, sort: list[tuple[str, int]], limit: int) -> list[dict]:
         return list(self.db[HISTORY].find(query).sort(sort).limit(limit))
@@ -189,8 +198,12 @@ class MongoStore:
         return list(self.db[HISTORY].aggregate(pipeline))
 
     # -- small key/value area (sequences, server state) --------------------------------------
-    def get_meta(self, key: str) -> dict | None:
-        return self.db[META].find_one({"_id": key})
+    def get_meta(self, key: str, session: Session = None) -> dict | None:
+        return self.db[META].find_one({"_id": key}, session=session)
 
-    def put_meta(self, key: str, value: dict) -> None:
-        self.db[META].replace_one({"_id": key}, {"_id": key, **value}, upsert=True)
+    def put_meta(self, key: str, value: dict, session: Session = None) -> None:
+        self.db[META].replace_one({"_id": key}, {"_id": key, **value}, upsert=True, session=session)
+
+
+def _and(query: dict, where: dict | None) -> dict:
+    return {"$and": [query, where]} if where else query

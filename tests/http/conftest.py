@@ -4,10 +4,12 @@ database process started by the session fixture."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from fhir_server.access.devissuer import mint, system_claims
 from fhir_server.config import Settings
 from fhir_server.rest.app import create_app
 
@@ -15,11 +17,27 @@ BASE = "http://testserver/fhir"
 JSON = "application/fhir+json"
 
 
+@pytest.fixture(scope="session")
+def issuer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dev-issuer")
+
+
 @pytest.fixture(scope="module")
-def client(mongo_uri: str, database_name: str) -> Iterator[TestClient]:
-    settings = Settings(mongodb_db=database_name)
+def settings(database_name: str, issuer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(mongodb_db=database_name, dev_issuer=True, data_dir=tmp_path_factory.mktemp("data"),
+                    dev_issuer_dir_override=issuer_dir)
+
+
+def bearer(issuer_dir: Path, claims: dict) -> dict[str, str]:
+    return {"Authorization": f"Bearer {mint(issuer_dir, claims)}"}
+
+
+@pytest.fixture(scope="module")
+def client(mongo_uri: str, settings: Settings, issuer_dir: Path) -> Iterator[TestClient]:
+    """A client acting as a trusted back-end software with every SMART system scope."""
     app = create_app(settings, mongo_uri)
-    with TestClient(app, base_url="http://testserver") as test_client:
+    headers = bearer(issuer_dir, system_claims("system/*.cruds", "test-harness"))
+    with TestClient(app, base_url="http://testserver", headers=headers) as test_client:
         yield test_client
         app.state.fhir.store.drop_everything()
 
