@@ -93,8 +93,7 @@ class FhirServer:
         """Run a GET on a path relative to the base: read, vread, history or search."""
         segments = [s for s in path.split("?", 1)[0].strip("/").split("/") if s]
         if not segments:
-            return Result(200, self.search.search(None, query, base_url=ctx.base_url,
-                                                  strict=ctx.strict_handling))
+            return Result(200, self._search(None, query, ctx))
         if segments == ["_history"]:
             return Result(200, self.interactions.history(None, None, query, ctx))
         resource_type = segments[0]
@@ -103,8 +102,7 @@ class FhirServer:
         self.require_type(resource_type)
         rest = segments[1:]
         if not rest:
-            return Result(200, self.search.search(resource_type, query, base_url=ctx.base_url,
-                                                  strict=ctx.strict_handling))
+            return Result(200, self._search(resource_type, query, ctx))
         if rest == ["_history"]:
             return Result(200, self.interactions.history(resource_type, None, query, ctx))
         resource_id = rest[0]
@@ -117,10 +115,16 @@ class FhirServer:
         if len(rest) == 2 and self.definitions.is_resource_type(rest[1]):
             if resource_type not in self.definitions.compartments:
                 raise bad_request(f"{resource_type} is not a compartment")
-            return Result(200, self.search.search(rest[1], query, base_url=ctx.base_url,
-                                                  strict=ctx.strict_handling,
-                                                  compartment=(resource_type, resource_id)))
+            return Result(200, self._search(rest[1], query, ctx, compartment=(resource_type, resource_id)))
         raise error(404, "not-found", f"Unknown path {path}")
+
+    def _search(self, resource_type: str | None, query: list[tuple[str, str]], ctx: RequestContext,
+                compartment: tuple[str, str] | None = None) -> dict:
+        if resource_type is not None and ctx.access is not None:
+            self.policy.check_interaction(ctx.access, resource_type, "search")
+        return self.search.search(resource_type, query, base_url=ctx.base_url, strict=ctx.strict_handling,
+                                  extra_filter=self.interactions.read_filter(ctx, resource_type or ""),
+                                  compartment=compartment)
 
     def require_type(self, resource_type: str) -> None:
         if not self.definitions.is_resource_type(resource_type):
@@ -138,6 +142,18 @@ class FhirServer:
             name="validate", handler=self._validate_operation, instance=True,
             definition="http://hl7.org/fhir/OperationDefinition/Resource-validate",
             documentation="Structural validation against the FHIR R4 definitions"))
+        self.operations.register(Operation(
+            name="everything", handler=self._everything_operation, resource_types=("Patient",), type_level=False,
+            instance=True, definition="http://hl7.org/fhir/OperationDefinition/Patient-everything",
+            documentation="Every resource of the patient's compartment the caller may see"))
+
+    def _everything_operation(self, call: OperationCall) -> Result:
+        if call.ctx.access is not None:
+            self.policy.check_interaction(call.ctx.access, "Patient", "read")
+        where = self.interactions.read_filter(call.ctx, "Patient")
+        self.interactions.read("Patient", call.resource_id, call.ctx)       # 404 when not visible
+        return Result(200, self.search.everything(call.resource_id, call.params, base_url=call.ctx.base_url,
+                                                  extra_filter=where))
 
     def _validate_operation(self, call: OperationCall) -> Result:
         resource = call.body
