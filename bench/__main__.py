@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from bench import crud
+from bench import access, crud
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("workload", nargs="?", default="crud", choices=["crud"])
+    parser.add_argument("workload", nargs="?", default="all", choices=["crud", "access", "all"])
     parser.add_argument("--operations", type=int, default=500)
     args = parser.parse_args()
-    if args.workload == "crud":
+    if args.workload in ("crud", "all"):
         crud.main(args.operations)
+    if args.workload in ("access", "all"):
+        access.main(args.operations)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import uuid
 import httpx
 import pymongo
 
+from bench.auth import BenchIssuer
 from bench.harness import HEADER, Figures, database, run_concurrently, server
 
 PATIENT = {
@@ -41,14 +42,13 @@ def raw_pymongo(uri: str, database_name: str, operations: int, clients: int) -> 
     return figures
 
 
-def http_crud(base: str, operations: int, clients: int) -> list[Figures]:
+def http_crud(base: str, operations: int, clients: int, headers: dict[str, str]) -> list[Figures]:
     local = threading.local()
     ids: list[str | None] = [None] * operations
 
     def http() -> httpx.Client:
         if not hasattr(local, "client"):
-            local.client = httpx.Client(base_url=base, timeout=60,
-                                        headers={"Content-Type": "application/fhir+json"})
+            local.client = httpx.Client(base_url=base, timeout=60, headers=headers)
         return local.client
 
     def create(i: int) -> None:
@@ -69,13 +69,14 @@ def http_crud(base: str, operations: int, clients: int) -> list[Figures]:
 
 def main(operations: int = 500) -> None:
     print(f"CRUD benchmark: {operations} operations per workload; server and database on this machine")
+    issuer = BenchIssuer()
     with database() as uri:
         name = "bench_" + uuid.uuid4().hex[:8]
-        with server(uri, name) as base:
+        with server(uri, name, issuer.env) as base:
             rows: list[Figures] = []
             for clients in (1, 8):
                 rows += raw_pymongo(uri, name, operations, clients)
-                rows += http_crud(base, operations, clients)
+                rows += http_crud(base, operations, clients, issuer.system())
         pymongo.MongoClient(uri).drop_database(name)
     print(HEADER)
     for figures in rows:

@@ -58,10 +58,10 @@ def database() -> Iterator[str]:
 
 
 @contextmanager
-def server(mongodb_uri: str, database_name: str) -> Iterator[str]:
+def server(mongodb_uri: str, database_name: str, extra_env: dict[str, str] | None = None) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "FHIR_MONGODB_URI": mongodb_uri, "FHIR_MONGODB_DB": database_name,
-           "FHIR_PORT": str(port)}
+           "FHIR_PORT": str(port), **(extra_env or {})}
     process = subprocess.Popen([sys.executable, "-m", "fhir_server.cli", "serve"], env=env,
                                stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/fhir"

@@ -5,24 +5,35 @@
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fhir_server.access.actor import Actor
 from fhir_server.access.devissuer import dev_issuer
-from fhir_server.access.policy import AccessPolicy
+from fhir_server.access.policy import IDENTITY_TYPES, AccessPolicy
 from fhir_server.access.tokens import Authenticator, TrustedIssuer
 from fhir_server.config import Settings
 from fhir_server.definitions import Definitions, load_definitions
 from fhir_server.engine.bundles import BundleProcessor
 from fhir_server.engine.capabilities import capability_statement
 from fhir_server.engine.errors import bad_request, error, operation_outcome
-from fhir_server.engine.interactions import Interactions
+from fhir_server.engine.interactions import Interactions, WriteEvent
 from fhir_server.engine.model import RequestContext, Result
 from fhir_server.engine.operations import Operation, OperationCall, OperationRegistry
 from fhir_server.search import SearchRegistry, SearchService
 from fhir_server.storage import MongoStore
 from fhir_server.validation import StructureValidator
+
+# Business modules (DMP/MHD documents, medical summary, vaccination, agenda, messaging, audit,
+# notifications) each expose `install(server: FhirServer) -> None`, where they register their
+# operations (server.operations), write rules and hooks (server.interactions.write_rules /
+# write_hooks) and anything else they need. They are installed in this order.
+MODULE_NAMES: tuple[str, ...] = ()
+
+
+def business_modules() -> list[Any]:
+    return [importlib.import_module(name) for name in MODULE_NAMES]
 
 
 def _trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
@@ -65,6 +76,8 @@ class FhirServer:
                                        max_entries=settings.max_bundle_entries)
         self.operations = OperationRegistry()
         self._register_core_operations()
+        for module in business_modules():
+            module.install(self)
 
     def start(self) -> None:
         self.store.ping()
@@ -81,12 +94,14 @@ class FhirServer:
         ctx.access = self.policy.request_access(actor)
         return ctx
 
-    def _on_write(self, resource_type: str, old: dict | None, new: dict | None, session: Any) -> None:
-        if resource_type == "Consent":
-            for patient in {_patient_of(r) for r in (old, new) if r is not None} - {None}:
+    def _on_write(self, event: WriteEvent) -> None:
+        if event.resource_type in IDENTITY_TYPES:
+            self.policy.identities_changed()
+        if event.resource_type == "Consent":
+            for patient in {_patient_of(r) for r in (event.old, event.new) if r is not None} - {None}:
                 consents = [d["resource"] for d in self.store.find("Consent", {"_acl.patients": patient},
-                                                                    session=session)]
-                self.policy.refresh_consent_state(patient, consents, session)
+                                                                    session=event.session)]
+                self.policy.refresh_consent_state(patient, consents, event.session)
 
     # -- GET dispatch (REST layer and GET entries of bundles) --------------------------------
     def get(self, path: str, query: list[tuple[str, str]], ctx: RequestContext) -> Result:

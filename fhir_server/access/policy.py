@@ -2,9 +2,11 @@
 
 At write time every resource gets an `_acl` sub-document (beside `_index`, in the current
 version and in its history version) that denormalises what the decision needs: the patients
-whose compartment holds it, their consent state (opposition, blocked and authorised actors,
-emergency rule), the document's security labels, its authors and its class for the access
-matrix. When a Consent changes, the consent state of that patient is recomputed and written into
+whose compartment holds it (`patients`), its authors and the actors the patient authorised
+(`authorised`), and two lists of deny tokens: `own` from the resource itself (`!masked` for
+MASQUE_PS, `!invisible` for INVISIBLE_PATIENT, `class:X` for the access matrix) and `consent`
+from the patient's Consents (blocked actor keys, `!opposed`, `!masked` for a document a Consent
+masks, the emergency rule). When a Consent changes, the consent state of that patient is recomputed and written into
 every resource of the patient in the same transaction, so a change takes effect on the next
 request with no cache to go stale.
 
@@ -14,7 +16,8 @@ At read time the actor's rights become one MongoDB filter over `_acl`, AND-ed in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,12 @@ from fhir_server.engine.errors import FhirError, Issue, error
 
 MASKED_FROM_PROFESSIONALS = "MASQUE_PS"
 INVISIBLE_TO_PATIENT = "INVISIBLE_PATIENT"
+# deny tokens of `_acl.own` (from the resource) and `_acl.consent` (from the patient's Consents)
+MASKED = "!masked"
+INVISIBLE = "!invisible"
+OPPOSED = "!opposed"
+EMERGENCY_REFUSED = "!emergency-refused"
+EMERGENCY_ALLOWED = "+emergency-allowed"
 NOTHING = {"_id": {"$in": []}}
 REFERENCE_DATA = {"_acl.patients": {"$exists": False}}
 AUTHORED_ELEMENTS = ("author", "recorder", "asserter", "requester", "performer", "sender", "source", "attester")
@@ -42,6 +51,9 @@ CONFORMANCE_TYPES = frozenset({
     "CapabilityStatement", "StructureDefinition", "ImplementationGuide", "SearchParameter", "OperationDefinition",
     "CompartmentDefinition", "ValueSet", "CodeSystem", "ConceptMap", "NamingSystem", "StructureMap",
 })
+
+IDENTITY_CACHE_SECONDS = 30
+IDENTITY_TYPES = frozenset({"Patient", "Practitioner", "PractitionerRole", "Organization"})
 
 Lookup = Callable[[str, list[tuple[str, str]]], list[str]]      # (type, search params) -> ids
 
@@ -67,6 +79,7 @@ class AccessPolicy:
             r["code"]: list(r.get("param", [])) for r in compartment.get("resource", []) if r.get("param")
         }
         self.compartment_params.setdefault("Patient", [])
+        self._identity_cache: dict[tuple, tuple[float, list[str]]] = {}
 
     # -- write side: the _acl of a resource ---------------------------------------------------
     def acl_for(self, resource_type: str, resource: dict, index: dict, session: Any = None) -> dict | None:
@@ -74,17 +87,18 @@ class AccessPolicy:
         if not patients:
             return None
         state = self._state_of(patients, session)
-        reference = f"{resource_type}/{resource.get('id')}"
+        labels = _labels(resource)
+        own = [f"class:{c}" for c in self.matrix.classes_of(resource)]
+        if MASKED_FROM_PROFESSIONALS in labels:
+            own.append(MASKED)
+        if INVISIBLE_TO_PATIENT in labels:
+            own.append(INVISIBLE)
         return {
             "patients": patients,
-            "opposed": state.opposed,
-            "blocked": sorted(state.blocked),
-            "authorised": sorted(state.authorised),
-            "emergency": state.emergency,
-            "consent_masked": reference in state.masked,
-            "labels": _labels(resource),
             "authors": sorted(_authors(resource)),
-            "classes": self.matrix.classes_of(resource),
+            "authorised": sorted(state.authorised),
+            "own": sorted(own),
+            "consent": _consent_tokens(state, f"{resource_type}/{resource.get('id')}"),
         }
 
     def patients_of(self, resource_type: str, resource: dict, index: dict) -> list[str]:
@@ -114,21 +128,21 @@ class AccessPolicy:
         return merged
 
     def refresh_consent_state(self, patient: str, consents: list[dict], session: Any) -> ConsentState:
-        """Recompute a patient's consent state and write it into every resource of the patient."""
+        """Recompute a patient's consent state and write it into every resource of the patient
+        (current and historical versions)."""
         state = consent_state(consents, self._reference_keys)
         self.store.put_meta(f"consent:{patient}", state.to_document(), session)
-        values = {"_acl.opposed": state.opposed, "_acl.blocked": sorted(state.blocked),
-                  "_acl.authorised": sorted(state.authorised), "_acl.emergency": state.emergency}
+        values = {"_acl.authorised": sorted(state.authorised), "_acl.consent": _consent_tokens(state, None)}
         for collection in [*self.compartment_params, "_history"]:
-            self.store.update_many(collection, {"_acl.patients": patient},
-                                   {"$set": {**values, "_acl.consent_masked": False}}, session)
+            self.store.update_many(collection, {"_acl.patients": patient}, {"$set": values}, session)
+        masked_tokens = _consent_tokens(state, "masked")
         for reference in state.masked:
             resource_type, _, resource_id = reference.partition("/")
             if resource_type in self.compartment_params:
                 self.store.update_many(resource_type, {"_id": resource_id, "_acl.patients": patient},
-                                       {"$set": {"_acl.consent_masked": True}}, session)
+                                       {"$set": {"_acl.consent": masked_tokens}}, session)
                 self.store.update_many("_history", {"type": resource_type, "id": resource_id},
-                                       {"$set": {"_acl.consent_masked": True}}, session)
+                                       {"$set": {"_acl.consent": masked_tokens}}, session)
         return state
 
     def _reference_keys(self, literal: str | None) -> set[str]:
@@ -148,24 +162,43 @@ class AccessPolicy:
         if actor is None:
             return access
         if actor.kind == "patient" and actor.ins:
-            ids: list[str] = []
-            for system in sorted(INS_SYSTEMS):
-                ids += self.lookup("Patient", [("identifier", f"{system}|{actor.ins}")])
-            access.patients = sorted({f"Patient/{i}" for i in ids})
+            access.patients = self._cached(("patient", actor.ins), lambda: [
+                f"Patient/{i}" for i in self._identified("Patient", INS_SYSTEMS, actor.ins)])
         elif actor.kind == "practitioner":
-            access.keys = self._practitioner_keys(actor)
+            access.keys = self._cached(("practitioner", actor.rpps, actor.organization),
+                                       lambda: self._practitioner_keys(actor))
         return access
+
+    def _cached(self, key: tuple, compute: Callable[[], list[str]]) -> list[str]:
+        """Identity lookups (INS -> Patient ids, RPPS -> Practitioner ids) change only when a
+        Patient, Practitioner or Organization is written: cached for a short while, and dropped
+        at once by `identities_changed` on such writes in this process."""
+        moment = time.monotonic()
+        hit = self._identity_cache.get(key)
+        if hit is not None and moment - hit[0] < IDENTITY_CACHE_SECONDS:
+            return hit[1]
+        value = compute()
+        if len(self._identity_cache) > 100_000:
+            self._identity_cache.clear()
+        self._identity_cache[key] = (moment, value)
+        return value
+
+    def identities_changed(self) -> None:
+        self._identity_cache.clear()
+
+    def _identified(self, resource_type: str, systems: Iterable[str], value: str) -> list[str]:
+        """Ids of the resources carrying `value` under any of `systems` (one indexed query: the
+        comma of a token search is an OR)."""
+        criteria = ",".join(f"{system}|{value}" for system in sorted(systems))
+        return sorted(self.lookup(resource_type, [("identifier", criteria)]))
 
     def _practitioner_keys(self, actor: Actor) -> list[str]:
         keys = {f"ps:{actor.rpps}"}
-        for system, value in (("https://rpps.esante.gouv.fr", actor.rpps),
-                              ("urn:oid:1.2.250.1.71.4.2.1", f"8{actor.rpps}")):
-            keys |= {f"Practitioner/{i}" for i in self.lookup("Practitioner", [("identifier", f"{system}|{value}")])}
+        criteria = f"https://rpps.esante.gouv.fr|{actor.rpps},urn:oid:1.2.250.1.71.4.2.1|8{actor.rpps}"
+        keys |= {f"Practitioner/{i}" for i in self.lookup("Practitioner", [("identifier", criteria)])}
         if actor.organization:
             keys.add(f"org:{actor.organization}")
-            for system in sorted(FINESS_SYSTEMS):
-                keys |= {f"Organization/{i}" for i in
-                         self.lookup("Organization", [("identifier", f"{system}|{actor.organization}")])}
+            keys |= {f"Organization/{i}" for i in self._identified("Organization", FINESS_SYSTEMS, actor.organization)}
         return sorted(keys)
 
     def read_filter(self, access: RequestAccess, resource_type: str) -> dict | None:
@@ -180,26 +213,29 @@ class AccessPolicy:
         if actor.kind == "auditor":
             return None if resource_type == "AuditEvent" else REFERENCE_DATA
         if actor.kind == "patient":
-            return {"$or": [REFERENCE_DATA, {"_acl.patients": {"$in": access.patients},
-                                             "_acl.labels": {"$ne": INVISIBLE_TO_PATIENT}}]}
+            own_record = {"_acl.patients": {"$in": access.patients}, "_acl.own": {"$ne": INVISIBLE}}
+            return {"$or": [REFERENCE_DATA, own_record]}
+        if resource_type == "AuditEvent":
+            return REFERENCE_DATA          # professionals never read the audit trail
         return self._practitioner_filter(access, actor)
 
     def _practitioner_filter(self, access: RequestAccess, actor: Actor) -> dict:
+        """Visible: reference data; what the professional authored; otherwise when no deny token of
+        the resource concerns this professional. Deny tokens are precomputed at write time so that
+        the filter stays a few set tests (see `_consent_tokens`)."""
         keys = access.keys
-        denied = self.matrix.denied_classes(actor.profession)
-        not_masked = {"_acl.labels": {"$ne": MASKED_FROM_PROFESSIONALS}, "_acl.consent_masked": {"$ne": True}}
-        matrix_ok = {"_acl.classes": {"$nin": denied}} if denied else {}
-        not_blocked = {"_acl.blocked": {"$nin": keys}}
+        denied_classes = [f"class:{c}" for c in self.matrix.denied_classes(actor.profession)]
         branches: list[dict] = [
             REFERENCE_DATA,
             {"_acl.authors": {"$in": keys}},
-            {"_acl.authorised": {"$in": keys}, **not_blocked, **matrix_ok},
-            {"_acl.opposed": {"$ne": True}, **not_blocked, **not_masked, **matrix_ok},
+            {"_acl.authorised": {"$in": keys}, "_acl.own": {"$nin": denied_classes},
+             "_acl.consent": {"$nin": keys}},
+            {"_acl.own": {"$nin": [MASKED, *denied_classes]}, "_acl.consent": {"$nin": [*keys, OPPOSED, MASKED]}},
         ]
         if actor.is_emergency:
-            branches.append({"_acl.emergency": "allowed", **not_masked})
-            branches.append({"_acl.emergency": {"$ne": "refused"}, "_acl.opposed": {"$ne": True},
-                             **not_blocked, **not_masked})
+            branches.append({"_acl.own": {"$ne": MASKED},
+                             "_acl.consent": {"$nin": [*keys, OPPOSED, MASKED, EMERGENCY_REFUSED]}})
+            branches.append({"_acl.own": {"$ne": MASKED}, "_acl.consent": {"$all": [EMERGENCY_ALLOWED], "$ne": MASKED}})
         return {"$or": branches}
 
     def check_interaction(self, access: RequestAccess, resource_type: str, interaction: str) -> None:
@@ -218,19 +254,35 @@ class AccessPolicy:
     def check_write(self, access: RequestAccess, resource_type: str, acl: dict | None) -> None:
         """May this actor store a resource whose new `_acl` is `acl`?"""
         actor = access.actor
-        if actor is None or acl is None or actor.kind == "system" and not acl.get("opposed"):
+        opposed = acl is not None and OPPOSED in acl.get("consent", [])
+        if actor is None or acl is None or actor.kind == "system" and not opposed:
             return
         if actor.kind == "patient":
             foreign = [p for p in acl["patients"] if p not in access.patients]
             if foreign:
                 raise error(403, "forbidden", f"A patient may only write to their own record, not {foreign[0]}")
             return
-        if acl.get("opposed") and not (actor.kind == "practitioner" and set(access.keys) & set(acl["authorised"])):
+        if opposed and not (actor.kind == "practitioner" and set(access.keys) & set(acl["authorised"])):
             raise FhirError(403, [Issue("error", "forbidden",
                                         "The patient has closed their health space or opposed its use: nothing can "
                                         "be added to it")])
-        if actor.kind == "practitioner" and set(access.keys) & set(acl.get("blocked", [])):
+        if actor.kind == "practitioner" and set(access.keys) & set(acl.get("consent", [])):
             raise error(403, "forbidden", "The patient has blocked this professional or organisation")
+
+
+def _consent_tokens(state: ConsentState, reference: str | None) -> list[str]:
+    """The consent-derived tokens of a resource: blocked actor keys, opposition, emergency rule,
+    and `!masked` when the Consent masks this very resource (`reference` "masked" forces it)."""
+    tokens = set(state.blocked)
+    if state.opposed:
+        tokens.add(OPPOSED)
+    if state.emergency == "refused":
+        tokens.add(EMERGENCY_REFUSED)
+    elif state.emergency == "allowed":
+        tokens.add(EMERGENCY_ALLOWED)
+    if reference == "masked" or reference in state.masked:
+        tokens.add(MASKED)
+    return sorted(tokens)
 
 
 def _labels(resource: dict) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode
@@ -55,7 +56,23 @@ class Indexer(Protocol):
 
 
 Validate = Callable[[dict, str], list[Issue]]
-WriteHook = Callable[[str, dict | None, dict | None, Session], None]
+@dataclass
+class WriteEvent:
+    """One write, as business modules see it: before it is stored (rules may refuse it by raising
+    FhirError) and once stored, inside its transaction (hooks: audit, notifications, consent)."""
+
+    ctx: RequestContext
+    interaction: str                 # create | update | patch | delete
+    resource_type: str
+    resource_id: str
+    old: dict | None                 # the current resource before the write
+    new: dict | None                 # the resource being stored (None for a delete)
+    acl: dict | None                 # access data of the new (or, for a delete, the old) version
+    version: int
+    session: Session = None
+
+
+WriteHook = Callable[[WriteEvent], None]
 
 
 class Interactions:
@@ -66,8 +83,9 @@ class Interactions:
         self.search = search
         self.validate = validate
         self.policy = policy
-        # Called after every write inside its transaction: (resource_type, old, new, session).
-        # Business modules (audit, MHD, custom SearchParameters) plug in here.
+        # Business modules plug in here: rules run before a write is stored and may refuse it;
+        # hooks run once it is stored, in the same transaction (audit, notifications, consent).
+        self.write_rules: list[WriteHook] = []
         self.write_hooks: list[WriteHook] = []
 
     # -- read side ---------------------------------------------------------------------------
@@ -123,13 +141,16 @@ class Interactions:
         stored = _with_meta(resource, resource_id, version)
         moment = self._stamp(stored)
         doc = self._document(resource_type, stored, version, moment, ctx, session)
+        event = WriteEvent(ctx, "create" if version == 1 else "update", resource_type, resource_id, None, stored,
+                           doc.get("_acl"), version, session)
+        self._run(self.write_rules, event)
 
         def write(s: Session) -> None:
             self.store.insert(resource_type, doc, s)
             self.store.add_version(_version_entry(resource_type, doc, "POST" if version == 1 else "PUT"), s)
+            self._run(self.write_hooks, event, s)
 
         self._write(session, write)
-        self._run_hooks(resource_type, None, stored, session)
         result = _result(201, stored, version, moment)
         result.location = f"{resource_type}/{resource_id}/_history/{version}"
         return result
@@ -156,7 +177,7 @@ class Interactions:
             version = latest["ver"] + 1 if latest else 1
             return self._store_new(resource_type, resource_id, resource, ctx, session, version)
         self._check_if_match(current, if_match)
-        return self._replace(resource_type, current, resource, ctx, session)
+        return self._replace(resource_type, current, resource, ctx, session, "update")
 
     def _visible_current(self, resource_type: str, resource_id: str, ctx: RequestContext,
                          session: Session) -> dict | None:
@@ -170,18 +191,21 @@ class Interactions:
         return current
 
     def _replace(self, resource_type: str, current: dict, resource: dict, ctx: RequestContext,
-                 session: Session) -> Result:
+                 session: Session, interaction: str) -> Result:
         version = current["_ver"] + 1
         stored = _with_meta(resource, current["_id"], version)
         moment = self._stamp(stored)
         doc = self._document(resource_type, stored, version, moment, ctx, session)
+        event = WriteEvent(ctx, interaction, resource_type, current["_id"], current["resource"], stored,
+                           doc.get("_acl"), version, session)
+        self._run(self.write_rules, event)
 
         def write(s: Session) -> None:
             self.store.replace(resource_type, doc, current["_ver"], s)
-            self.store.add_version(_version_entry(resource_type, doc, "PUT"), s)
+            self.store.add_version(_version_entry(resource_type, doc, "PATCH" if interaction == "patch" else "PUT"), s)
+            self._run(self.write_hooks, event, s)
 
         self._write(session, write)
-        self._run_hooks(resource_type, current["resource"], stored, session)
         return _result(200, stored, version, moment)
 
     def conditional_update(self, resource_type: str, query: list[tuple[str, str]], resource: Any,
@@ -223,7 +247,7 @@ class Interactions:
         if patched.get("resourceType") != resource_type or patched.get("id") != resource_id:
             raise error(422, "processing", "A patch may not change the resourceType or the id", f"{resource_type}.id")
         self._check_body(resource_type, patched)
-        return self._replace(resource_type, current, patched, ctx, session)
+        return self._replace(resource_type, current, patched, ctx, session, "patch")
 
     def conditional_patch(self, resource_type: str, query: list[tuple[str, str]], patch_body: Any,
                           patch_format: str, ctx: RequestContext, session: Session = None) -> Result:
@@ -250,6 +274,9 @@ class Interactions:
             self.policy.check_write(ctx.access, resource_type, current.get("_acl"))
         version = current["_ver"] + 1
         moment = now()
+        event = WriteEvent(ctx, "delete", resource_type, resource_id, current["resource"], None, current.get("_acl"),
+                           version, session)
+        self._run(self.write_rules, event)
 
         def write(s: Session) -> None:
             self.store.remove(resource_type, resource_id, current["_ver"], s)
@@ -260,9 +287,9 @@ class Interactions:
             if current.get("_acl"):
                 tombstone["_acl"] = current["_acl"]
             self.store.add_version(tombstone, s)
+            self._run(self.write_hooks, event, s)
 
         self._write(session, write)
-        self._run_hooks(resource_type, current["resource"], None, session)
         result = _deleted_result(f"Deleted {resource_type}/{resource_id} (version {version})", version)
         result.last_modified = moment
         return result
@@ -380,9 +407,12 @@ class Interactions:
             raise error(409, "conflict", f"Concurrent modification: {exc}. Read the resource again and retry") \
                 from exc
 
-    def _run_hooks(self, resource_type: str, old: dict | None, new: dict | None, session: Session) -> None:
-        for hook in self.write_hooks:
-            hook(resource_type, old, new, session)
+    @staticmethod
+    def _run(hooks: list[WriteHook], event: WriteEvent, session: Session = None) -> None:
+        if session is not None:
+            event.session = session
+        for hook in hooks:
+            hook(event)
 
 
 # -- patch formats ----------------------------------------------------------------------------
