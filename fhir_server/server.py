@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -29,11 +31,21 @@ from fhir_server.validation import StructureValidator
 # notifications) each expose `install(server: FhirServer) -> None`, where they register their
 # operations (server.operations), write rules and hooks (server.interactions.write_rules /
 # write_hooks) and anything else they need. They are installed in this order.
-MODULE_NAMES: tuple[str, ...] = ()
+MODULE_NAMES: tuple[str, ...] = (
+    "fhir_server.validation.module",     # profiles enforced on write, $validate, terminology operations
+    "fhir_server.audit.module",          # one AuditEvent per interaction, $access-history
+    "fhir_server.notify",                # notifications to the patient, Subscriptions
+    "fhir_server.mhd",                   # DMP documents: IHE MHD / ANS PDSm
+    "fhir_server.vsm",                   # medical summary (Composition, $document, CDA)
+    "fhir_server.vaccination",           # Immunization, $vaccination-status
+    "fhir_server.agenda",                # Appointment states, reminders
+    "fhir_server.messaging",             # Communication between professionals and patients
+)
 
 
 def business_modules() -> list[Any]:
-    return [importlib.import_module(name) for name in MODULE_NAMES]
+    """The installed business modules (a module not written yet is skipped)."""
+    return [importlib.import_module(name) for name in MODULE_NAMES if importlib.util.find_spec(name) is not None]
 
 
 def _trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
@@ -76,14 +88,28 @@ class FhirServer:
                                        max_entries=settings.max_bundle_entries)
         self.operations = OperationRegistry()
         self._register_core_operations()
+        # Filled by business modules: extra indexes, start-up steps, background services
+        # (objects with start() and stop()).
+        self.extra_indexes: dict[str, list[list[tuple[str, int]]]] = {}
+        self.startup_hooks: list[Callable[[], None]] = []
+        self.services: list[Any] = []
         for module in business_modules():
             module.install(self)
 
     def start(self) -> None:
         self.store.ping()
-        self.store.ensure_collections(self.search_registry.index_specs())
+        specs = self.search_registry.index_specs()
+        for collection, extra in self.extra_indexes.items():
+            specs.setdefault(collection, []).extend(extra)
+        self.store.ensure_collections(specs)
+        for hook in self.startup_hooks:
+            hook()
+        for service in self.services:
+            service.start()
 
     def close(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
         self.store.close()
 
     # -- access ------------------------------------------------------------------------------

@@ -6,14 +6,17 @@ from contextlib import asynccontextmanager
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from fhir_server.config import Settings
+from fhir_server.definitions.paths import PROJECT_ROOT
 from fhir_server.engine.errors import error
 from fhir_server.rest.router import HttpRequest, Router
 from fhir_server.server import FhirServer
 
 BASE_PATH = "/fhir"
+IG_SITE = PROJECT_ROOT / "ig" / "site"          # built by `make ig`
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -50,6 +53,8 @@ def create_app(settings: Settings, mongodb_uri: str) -> FastAPI:
         result = await run_in_threadpool(router.handle, http_request)
         return Response(content=result.body, status_code=result.status, headers=result.headers)
 
+    if IG_SITE.is_dir():
+        app.mount("/ig", StaticFiles(directory=IG_SITE, html=True), name="ig")
     app.add_api_route(BASE_PATH, handle, methods=METHODS)
     app.add_api_route(BASE_PATH + "/{path:path}", handle, methods=METHODS)
     return app
