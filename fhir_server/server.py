@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -19,7 +20,7 @@ from fhir_server.config import Settings
 from fhir_server.definitions import Definitions, load_definitions
 from fhir_server.engine.bundles import BundleProcessor
 from fhir_server.engine.capabilities import capability_statement
-from fhir_server.engine.errors import bad_request, error, operation_outcome
+from fhir_server.engine.errors import FhirError, bad_request, error, operation_outcome
 from fhir_server.engine.interactions import Interactions, WriteEvent
 from fhir_server.engine.model import RequestContext, Result
 from fhir_server.engine.operations import Operation, OperationCall, OperationRegistry
@@ -46,6 +47,46 @@ MODULE_NAMES: tuple[str, ...] = (
 def business_modules() -> list[Any]:
     """The installed business modules (a module not written yet is skipped)."""
     return [importlib.import_module(name) for name in MODULE_NAMES if importlib.util.find_spec(name) is not None]
+
+
+@dataclass
+class AccessEvent:
+    """An interaction as the access observers see it once it is answered."""
+
+    ctx: RequestContext
+    interaction: str                  # read, vread, search-type, search-system, search-compartment,
+    resource_type: str | None         # history-*, operation, create, update, patch, delete, ...
+    resource_id: str | None = None
+    compartment: tuple[str, str] | None = None
+    query: list[tuple[str, str]] = field(default_factory=list)
+    operation: str | None = None
+    status: int = 0
+    body: dict | None = None
+    version: str | None = None
+    error: FhirError | None = None
+
+
+_WRITE_INTERACTIONS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+
+
+def _describe_get(segments: list[str]) -> tuple[str, str | None, str | None, tuple[str, str] | None]:
+    """(interaction, resource type, id, compartment) of a GET path."""
+    if not segments:
+        return "search-system", None, None, None
+    if segments == ["metadata"]:
+        return "capabilities", None, None, None
+    if segments == ["_history"]:
+        return "history-system", None, None, None
+    resource_type, rest = segments[0], segments[1:]
+    if not rest:
+        return "search-type", resource_type, None, None
+    if rest == ["_history"]:
+        return "history-type", resource_type, None, None
+    if len(rest) == 1:
+        return "read", resource_type, rest[0], None
+    if rest[1] == "_history":
+        return ("vread" if len(rest) == 3 else "history-instance"), resource_type, rest[0], None
+    return "search-compartment", rest[1], None, (resource_type, rest[0])
 
 
 def _trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
@@ -93,6 +134,8 @@ class FhirServer:
         self.extra_indexes: dict[str, list[list[tuple[str, int]]]] = {}
         self.startup_hooks: list[Callable[[], None]] = []
         self.services: list[Any] = []
+        # Called for every read, search, history and operation, and for refused requests.
+        self.access_observers: list[Callable[[AccessEvent], None]] = []
         for module in business_modules():
             module.install(self)
 
@@ -131,8 +174,59 @@ class FhirServer:
 
     # -- GET dispatch (REST layer and GET entries of bundles) --------------------------------
     def get(self, path: str, query: list[tuple[str, str]], ctx: RequestContext) -> Result:
-        """Run a GET on a path relative to the base: read, vread, history or search."""
+        """Run a GET on a path relative to the base (read, vread, history, search) and let the
+        access observers (audit, notifications) see it, failures included."""
         segments = [s for s in path.split("?", 1)[0].strip("/").split("/") if s]
+        event = AccessEvent(ctx, *_describe_get(segments), query=query)
+        if event.interaction == "capabilities":
+            return self._get(segments, path, query, ctx)
+        try:
+            result = self._get(segments, path, query, ctx)
+        except FhirError as exc:
+            event.status, event.error = exc.status, exc
+            self.observe(event)
+            raise
+        event.status, event.body = result.status, result.body
+        event.version = result.version_id
+        self.observe(event)
+        return result
+
+    def call_operation(self, call: OperationCall) -> Result:
+        event = AccessEvent(call.ctx, "operation", call.resource_type, call.resource_id, query=call.params,
+                            operation=call.name)
+        try:
+            result = self.operations.call(call)
+        except FhirError as exc:
+            event.status, event.error = exc.status, exc
+            self.observe(event)
+            raise
+        event.status, event.body = result.status, result.body
+        self.observe(event)
+        return result
+
+    def observe(self, event: AccessEvent) -> None:
+        """Tell the observers; an observer that fails (the audit cannot be written) fails the
+        request: there is no unaudited access."""
+        event.ctx.observed = True
+        for observer in self.access_observers:
+            observer(event)
+
+    def observe_refusal(self, ctx: RequestContext, method: str, path: str, query: list[tuple[str, str]],
+                        exc: FhirError) -> None:
+        """A request refused before or outside the observed paths (401, a denied or failed write,
+        a failed transaction): it is audited too."""
+        segments = [s for s in path.strip("/").split("/") if s]
+        interaction, resource_type, resource_id, compartment = _describe_get(segments)
+        if method in ("POST", "PUT", "PATCH", "DELETE"):
+            interaction = _WRITE_INTERACTIONS[method] if segments else "transaction"
+            if segments and segments[-1].startswith("$"):
+                interaction = "operation"
+        if interaction == "capabilities":
+            return
+        self.observe(AccessEvent(ctx, interaction, resource_type, resource_id, compartment, query,
+                                 status=exc.status, error=exc))
+
+    def _get(self, segments: list[str], path: str, query: list[tuple[str, str]], ctx: RequestContext) -> Result:
         if not segments:
             return Result(200, self._search(None, query, ctx))
         if segments == ["_history"]:
@@ -164,7 +258,7 @@ class FhirServer:
         if resource_type is not None and ctx.access is not None:
             self.policy.check_interaction(ctx.access, resource_type, "search")
         return self.search.search(resource_type, query, base_url=ctx.base_url, strict=ctx.strict_handling,
-                                  extra_filter=self.interactions.read_filter(ctx, resource_type or ""),
+                                  extra_filter=self._access_filter(ctx),
                                   compartment=compartment)
 
     def require_type(self, resource_type: str) -> None:
@@ -191,10 +285,14 @@ class FhirServer:
     def _everything_operation(self, call: OperationCall) -> Result:
         if call.ctx.access is not None:
             self.policy.check_interaction(call.ctx.access, "Patient", "read")
-        where = self.interactions.read_filter(call.ctx, "Patient")
         self.interactions.read("Patient", call.resource_id, call.ctx)       # 404 when not visible
         return Result(200, self.search.everything(call.resource_id, call.params, base_url=call.ctx.base_url,
-                                                  extra_filter=where))
+                                                  extra_filter=self._access_filter(call.ctx)))
+
+    def _access_filter(self, ctx: RequestContext) -> Callable[[str], dict | None]:
+        """The per-type access filter the search engine ANDs into every query it runs (matches,
+        includes, chains, _has), since their types differ."""
+        return lambda resource_type: self.interactions.read_filter(ctx, resource_type)
 
     def _validate_operation(self, call: OperationCall) -> Result:
         resource = call.body

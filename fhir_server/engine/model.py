@@ -19,6 +19,7 @@ class RequestContext:
     prefer_return: str = "representation"      # minimal | representation | OperationOutcome
     strict_handling: bool = False               # Prefer: handling=strict
     access: Any = None                          # access.policy.RequestAccess of the authenticated actor
+    observed: bool = False                      # the access observers (audit) have seen this request
 
 
 @dataclass

@@ -57,16 +57,18 @@ class Router:
                 return self._error(exc, "json", False)
             fmt = "json"
         pretty = _param(request.query, "_pretty") == "true"
+        ctx = _context(request)
         try:
-            return self._dispatch(request, fmt, pretty)
+            return self._dispatch(request, ctx, fmt, pretty)
         except FhirError as exc:
+            if not ctx.observed:
+                self.server.observe_refusal(ctx, request.method, request.path, request.query, exc)
             return self._error(exc, fmt, pretty)
 
     # -- dispatch ----------------------------------------------------------------------------
-    def _dispatch(self, request: HttpRequest, fmt: str, pretty: bool) -> HttpResponse:
+    def _dispatch(self, request: HttpRequest, ctx: RequestContext, fmt: str, pretty: bool) -> HttpResponse:
         segments = [s for s in request.path.strip("/").split("/") if s]
         method = "GET" if request.method == "HEAD" else request.method
-        ctx = _context(request)
         if not _is_public(segments, method):
             actor = self.server.authenticator.authenticate(request.headers.get("authorization"))
             self.server.context_for(ctx, actor)
@@ -166,7 +168,7 @@ class Router:
             body = parse_body(request.body, request.headers.get("content-type"), self.server.settings.max_body_bytes)
         query = [(k, v) for k, v in request.query if k not in FORMAT_PARAMS]
         call = OperationCall(name, resource_type, resource_id, request.method, query, body, ctx)
-        return self._respond(self.server.operations.call(call), request, fmt, pretty)
+        return self._respond(self.server.call_operation(call), request, fmt, pretty)
 
     # -- bodies ------------------------------------------------------------------------------
     def _resource_body(self, request: HttpRequest, resource_type: str, resource_id: str | None = None) -> Any:

@@ -17,16 +17,23 @@ the index normalisers need to know how to read the value.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from antlr4 import CommonTokenStream, InputStream, Token
+from antlr4.error.ErrorListener import ErrorListener
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.engine.nodes import FP_Type, ResourceNode
 from fhirpathpy.models import models
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from fhir_server.definitions import Definitions
+
+log = logging.getLogger(__name__)
 
 # (value, FHIR type code, path describing its children), type and path None when the fallback
 # engine could not tell
@@ -42,6 +49,10 @@ class UnsupportedExpression(Exception):
     """The expression is outside the subset compiled natively (fhirpathpy takes over)."""
 
 
+class UnknownElement(UnsupportedExpression):
+    """The expression names an element the resource type does not have."""
+
+
 @dataclass(frozen=True)
 class CompiledExpression:
     """A search expression compiled for one resource type (or one composite component)."""
@@ -50,6 +61,8 @@ class CompiledExpression:
     evaluate: Evaluator
     multi: bool          # may yield several values for one resource
     native: bool         # compiled by the typed walker (False: fhirpathpy fallback for some part)
+    types: frozenset[str] | None     # FHIR types of the results (None: unknown, fallback engine)
+    reference_targets: frozenset[str] | None = None   # for references: the types they may point to
 
 
 # -- splitting ----------------------------------------------------------------------------------
@@ -153,6 +166,8 @@ class _Compiler:
         self.types: set[tuple[str, str]] = {self.context}
         self.multi = False
         self.steps: list[_Step] = []
+        self.elements: set[str] = set()          # element paths the last step reached
+        self.resolved: set[str] | None = None    # types kept by `where(resolve() is X)`
 
     def compile(self, part: str) -> None:
         part = part.strip()
@@ -190,6 +205,7 @@ class _Compiler:
             self._child(token)
         elif match := _WHERE_RESOLVE.match(token):
             self.steps.append(_resolve_is(match.group(1)))
+            self.resolved = {match.group(1)} if self.resolved is None else self.resolved & {match.group(1)}
         elif match := _WHERE_EQUALS.match(token):
             self.steps.append(_where_equals(match.group(1), match.group(2)))
         elif match := _AS_FUNCTION.match(token):
@@ -209,6 +225,7 @@ class _Compiler:
     def _child(self, name: str) -> None:
         options: dict[str, list[tuple[str, str, str]]] = {}
         new_types: set[tuple[str, str]] = set()
+        elements: set[str] = set()
         for _type_code, path in self.types:
             children = self.definitions.children(path)
             found = []
@@ -216,20 +233,36 @@ class _Compiler:
             if info is not None:
                 found.append((info.name, info.type_code, info.path))
                 self.multi = self.multi or info.is_array
+                elements.add(f"{path}.{name}")
             else:   # a choice element: `value` stands for valueQuantity, valueString, ...
                 for key, choice in children.items():
                     suffix = key[len(name):]
                     if key.startswith(name) and suffix and suffix[0].isupper() \
-                            and suffix[0].lower() + suffix[1:] == choice.type_code:
+                            and suffix == choice.type_code[0].upper() + choice.type_code[1:]:
                         found.append((key, choice.type_code, choice.path))
                         self.multi = self.multi or choice.is_array
+                        elements.add(f"{path}.{name}[x]")
             if found:
                 options[path] = found
                 new_types.update((code, child_path) for _key, code, child_path in found)
         if not options:
-            raise UnsupportedExpression(name)
+            raise UnknownElement(f"{name} is not an element of {', '.join(sorted(p for _c, p in self.types))}")
         self.types = new_types
+        self.elements = elements
+        self.resolved = None
         self.steps.append(_child_step(options))
+
+    def reference_targets(self) -> set[str] | None:
+        """Resource types the references reached may point to (None: any / unknown)."""
+        if self.resolved is not None:
+            return set(self.resolved)
+        targets: set[str] = set()
+        for element in self.elements:
+            found = _element_targets(self.definitions, element)
+            if found is None:
+                return None
+            targets |= found
+        return targets or None
 
     def build(self) -> Callable[[dict, Any, str, str], list[Value]]:
         steps = tuple(self.steps)
@@ -245,11 +278,17 @@ class _Compiler:
         return run
 
 
-_QUANTITY_SUBTYPES = {"Age", "Count", "Distance", "Duration", "SimpleQuantity", "MoneyQuantity"}
+# FHIRPath `as`/`ofType` also accept specialisations of the named type.
+_SUBTYPES = {
+    "Quantity": {"Age", "Count", "Distance", "Duration", "SimpleQuantity", "MoneyQuantity"},
+    "uri": {"canonical", "url", "oid", "uuid"},
+    "string": {"code", "id", "markdown"},
+    "integer": {"positiveInt", "unsignedInt"},
+}
 
 
 def _is_a(type_code: str, wanted: str) -> bool:
-    return type_code == wanted or (wanted == "Quantity" and type_code in _QUANTITY_SUBTYPES)
+    return type_code == wanted or type_code in _SUBTYPES.get(wanted, ())
 
 
 def _child_step(options: dict[str, list[tuple[str, str, str]]]) -> _Step:
@@ -313,6 +352,26 @@ def _resolve_is(type_name: str) -> _Step:
     return step
 
 
+def _element_targets(definitions: Definitions, element_path: str) -> set[str] | None:
+    """Target types of a Reference/canonical element from its `targetProfile`s."""
+    sd = definitions.base_types.get(element_path.split(".", 1)[0])
+    if sd is None:
+        return None
+    for element in sd["snapshot"]["element"]:
+        if element["path"] == element_path:
+            targets: set[str] = set()
+            for kind in element.get("type", ()):
+                if kind.get("code") not in ("Reference", "canonical"):
+                    continue
+                profiles = kind.get("targetProfile") or []
+                names = {p.rsplit("/", 1)[-1] for p in profiles}
+                if not names or names & {"Resource", "DomainResource"}:
+                    return None
+                targets |= names
+            return targets or None
+    return None
+
+
 # -- fhirpathpy fallback ------------------------------------------------------------------------
 
 def _resolve_for_fhirpathpy(inputs: list) -> list:
@@ -327,8 +386,17 @@ def _resolve_for_fhirpathpy(inputs: list) -> list:
     return out
 
 
+def _has_extension(inputs: list, url: str) -> list:
+    """`hasExtension(url)`, missing from fhirpathpy: true for each input carrying that extension."""
+    return [any(isinstance(ext, dict) and ext.get("url") == url for ext in item.get("extension", ()))
+            for item in inputs if isinstance(item, dict)] or [False]
+
+
 _FHIRPATHPY_OPTIONS = {
-    "userInvocationTable": {"resolve": {"fn": _resolve_for_fhirpathpy, "arity": {0: []}}},
+    "userInvocationTable": {
+        "resolve": {"fn": _resolve_for_fhirpathpy, "arity": {0: []}},
+        "hasExtension": {"fn": _has_extension, "arity": {1: ["String"]}},
+    },
     "returnRawData": True,
 }
 
@@ -341,7 +409,13 @@ def _fhirpathpy_part(part: str) -> Callable[[dict, Any, str, str], list[Value]]:
 
     def run(root: dict, start: Any, type_code: str, path: str) -> list[Value]:
         node = start if start is root else ResourceNode.create_node(start, path)
-        return [_from_fhirpathpy(item) for item in compiled(node) if item is not None]
+        try:
+            found = compiled(node, {"resource": root, "rootResource": root})
+        except Exception as exc:  # noqa: BLE001 - fhirpathpy raises bare Exceptions on odd data
+            # indexing must never refuse a valid resource: the parameter just gets no value
+            log.warning("search expression %r failed on %s: %s", part, root.get("resourceType"), exc)
+            return []
+        return [_from_fhirpathpy(item) for item in found if item is not None]
 
     return run
 
@@ -357,18 +431,44 @@ def _from_fhirpathpy(item: Any) -> Value:
     return item, None, None
 
 
+class _RaiseOnError(ErrorListener):
+    def syntaxError(self, recognizer, offendingSymbol, line, column, msg, e):  # noqa: N802, N803 - antlr API
+        raise ValueError(f"FHIRPath syntax error at column {column}: {msg}")
+
+
+def check_syntax(expression: str) -> None:
+    """Raise ValueError for an expression FHIRPath cannot parse (fhirpathpy's own parser
+    recovers silently and fails later, at evaluation)."""
+    lexer = FHIRPathLexer(InputStream(expression))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(_RaiseOnError())
+    parser = FHIRPathParser(CommonTokenStream(lexer))
+    parser.removeErrorListeners()
+    parser.addErrorListener(_RaiseOnError())
+    parser.expression()
+    if parser.getCurrentToken().type != Token.EOF:
+        raise ValueError(f"FHIRPath syntax error: unexpected {parser.getCurrentToken().text!r}")
+
+
 # -- public entry points ------------------------------------------------------------------------
 
 def compile_expression(definitions: Definitions, expression: str, context_type: str,
                        context_path: str | None = None, *, known_types: set[str] | None = None,
-                       native: bool = True) -> CompiledExpression:
+                       native: bool = True, strict: bool = False) -> CompiledExpression:
     """Compile `expression` for values of `context_type` (a resource type, or for composite
-    components the element type/path the component expression starts from)."""
+    components the element type/path the component expression starts from).
+
+    `strict` (for SearchParameters posted at run time) rejects paths naming elements that do not
+    exist, instead of silently indexing nothing. Raises ValueError for invalid expressions."""
     known = known_types if known_types is not None else set(definitions.resource_types)
+    if strict:
+        check_syntax(expression)
     parts = parts_for_type(expression, context_type, known)
     runners = []
     multi = len(parts) > 1
     all_native = True
+    types: set[str] = set()
+    targets: set[str] | None = set()
     for part in parts:
         runner = None
         if native:
@@ -377,16 +477,26 @@ def compile_expression(definitions: Definitions, expression: str, context_type: 
                 compiler.compile(part)
                 runner = compiler.build()
                 multi = multi or compiler.multi
+                types.update(code for code, _path in compiler.types)
+                part_targets = compiler.reference_targets()
+                targets = None if part_targets is None or targets is None else targets | part_targets
+            except UnknownElement as exc:
+                if strict:
+                    raise ValueError(str(exc)) from exc
+                runner = None
             except UnsupportedExpression:
                 runner = None
         if runner is None:
             runner = _fhirpathpy_part(part)
             multi = True
             all_native = False
+            targets = None
         runners.append(runner)
     start_type, start_path = context_type, context_path or context_type
     evaluate = _combine(tuple(runners), start_type, start_path)
-    return CompiledExpression(expression, evaluate, multi, all_native)
+    return CompiledExpression(expression, evaluate, multi, all_native,
+                              frozenset(types) if all_native else None,
+                              frozenset(targets) if targets else None)
 
 
 def _combine(runners: tuple, type_code: str, path: str) -> Evaluator:

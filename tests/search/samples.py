@@ -13,7 +13,8 @@ _PRIMITIVES: dict[str, Any] = {
     "integer": 3, "decimal": Decimal("1.5"), "positiveInt": 2, "unsignedInt": 1,
     "date": "2021-05-04", "dateTime": "2021-05-04T10:30:00+02:00", "instant": "2021-05-04T10:30:00.000Z",
     "time": "10:00:00", "uri": "http://example.org/x", "url": "http://example.org/u",
-    "canonical": "http://example.org/c|1.0", "oid": "urn:oid:1.2.3", "uuid": "urn:uuid:0a0b0c0d-1111-2222-3333-444455556666",
+    "canonical": "http://example.org/c|1.0", "oid": "urn:oid:1.2.3",
+    "uuid": "urn:uuid:0a0b0c0d-1111-2222-3333-444455556666",
     "id": "abc", "base64Binary": "AAAA",
 }
 

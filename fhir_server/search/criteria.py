@@ -1,0 +1,421 @@
+"""One search criterion (`date=ge2024-01-01`, `identifier=sys|123`, `name:exact=Élodie`) as a
+MongoDB condition on the `_index` layout described in `index.py`.
+
+Everything here is pure: no database access. References to other resources by search
+(chaining, `_has`) are resolved by `query.py`, which then calls these builders with ids.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal
+
+from fhir_server.search.filters import NOTHING, and_filters, or_filters
+from fhir_server.search.normalize import (
+    UCUM,
+    canonical_quantity,
+    date_range,
+    fold,
+    implicit_range,
+    local_reference,
+    parse_decimal,
+    prefix_range,
+)
+
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+
+# Modifiers each type accepts (`missing` is accepted everywhere, `[type]` on references).
+MODIFIERS: dict[str, frozenset[str]] = {
+    "string": frozenset({"exact", "contains"}),
+    "token": frozenset({"not", "text", "of-type", "in", "not-in"}),
+    "reference": frozenset({"identifier"}),
+    "date": frozenset(),
+    "number": frozenset(),
+    "quantity": frozenset(),
+    "uri": frozenset({"below", "above"}),
+    "composite": frozenset(),
+    "special": frozenset(),
+}
+
+
+class MalformedValue(ValueError):
+    """The value cannot be read for this parameter type (always a 400)."""
+
+
+class UnsupportedModifier(ValueError):
+    """The modifier is valid FHIR but not supported here (a warning, or 400 when strict)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the values of one parameter live, and whether there may be several of them."""
+
+    field: str
+    multi: bool
+    kind: str
+    primitive_tokens: bool = False
+    point: bool = False                  # a stored instant (`_lastUpdated`), not a {lo, hi} range
+    aux_prefix: str | None = None        # `_index.code` prefix of the `:text`, `:exact`... fields
+
+
+ValueSetExpander = Callable[[str], list[str]]
+
+
+@dataclass
+class CriteriaBuilder:
+    timezone: tzinfo
+    base_url: str = ""
+    expand_value_set: ValueSetExpander | None = None
+    now: datetime | None = None
+
+    # -- entry point -------------------------------------------------------------------------
+    def build(self, target: Target, modifier: str | None, raw: str, targets: tuple[str, ...] = ()) -> dict:
+        """The condition for `raw` (the text after `=`, comma-separated alternatives)."""
+        if modifier == "missing":
+            return self.missing(target, raw)
+        values = split_escaped(raw, ",")
+        kind = target.kind
+        if kind == "string":
+            return self.string(target, modifier, values)
+        if kind == "token":
+            return self.token(target, modifier, values)
+        if kind == "reference":
+            return self.reference(target, modifier, values, targets)
+        if kind == "date":
+            return or_filters([self.date(target, v) for v in values])
+        if kind == "number":
+            return or_filters([self.number(target, v) for v in values])
+        if kind == "quantity":
+            return or_filters([self.quantity(target, v) for v in values])
+        if kind == "uri":
+            return self.uri(target, modifier, values)
+        raise UnsupportedModifier(f"search type {kind} is not supported")
+
+    # -- composite ---------------------------------------------------------------------------
+    def composite(self, target: Target, components: list[Target], raw: str) -> dict:
+        """`code-value-quantity=http://loinc.org|8480-6$gt140`: every component matched by the
+        same stored entry (the same observation component)."""
+        alternatives = []
+        for value in split_escaped(raw, ","):
+            parts = split_escaped(value, "$")
+            if len(parts) != len(components):
+                raise MalformedValue(f"a value of this composite has {len(components)} parts separated by $")
+            conditions = [self.build(component, None, part) for component, part in zip(components, parts,
+                                                                                          strict=True)]
+            alternatives.append({target.field: {"$elemMatch": and_filters(*conditions)}})
+        return or_filters(alternatives)
+
+    @staticmethod
+    def missing(target: Target, raw: str) -> dict:
+        """A value only reachable through a side field (a reference with just an identifier, a
+        concept with just a text) is still a value."""
+        if raw not in ("true", "false"):
+            raise MalformedValue(":missing takes true or false")
+        side = {"token": ":text", "reference": ":identifier"}.get(target.kind)
+        fields = [target.field] + ([(target.aux_prefix or target.field) + side] if side and target.aux_prefix else [])
+        if raw == "true":
+            return {f: {"$exists": False} for f in fields}
+        return or_filters([{f: {"$exists": True}} for f in fields])
+
+    # -- string ------------------------------------------------------------------------------
+    def string(self, target: Target, modifier: str | None, values: list[str]) -> dict:
+        folded = [fold(v) for v in values]
+        if modifier == "exact":
+            exact_field = (target.aux_prefix or target.field) + ":exact"
+            return and_filters(_any_of(target.field, folded), _any_of(exact_field, values))
+        if modifier == "contains":
+            return or_filters([{target.field: {"$regex": re.escape(v)}} for v in folded])
+        if modifier:
+            raise UnsupportedModifier(f"modifier :{modifier} is not supported on string parameters")
+        return or_filters([_within(target, prefix_range(v)) if v else {target.field: {"$exists": True}}
+                           for v in folded])
+
+    # -- token -------------------------------------------------------------------------------
+    def token_entry(self, target: Target, value: str) -> tuple[str, bool]:
+        """(stored entry, is_system_prefix) for one token value."""
+        if "|" not in value.replace("\\|", ""):
+            return unescape(value), False
+        system, code = (unescape(part) for part in split_escaped(value, "|", 1))
+        if not code:
+            if not system:
+                raise MalformedValue("a token needs a code or a system")
+            return f"{system}|", True
+        if not system:
+            return (code if target.primitive_tokens else f"|{code}"), False
+        return f"{system}|{code}", False
+
+    def token(self, target: Target, modifier: str | None, values: list[str]) -> dict:
+        if target.field == "_id":
+            return self._ids(modifier, values)
+        aux = target.aux_prefix or target.field
+        if modifier == "text":
+            return or_filters([{aux + ":text": {"$regex": r"(^|\s)" + re.escape(fold(v))}} for v in values])
+        if modifier == "of-type":
+            for value in values:
+                if len(split_escaped(value, "|")) != 3:
+                    raise MalformedValue(":of-type takes system|code|value")
+            return _any_of(aux + ":of-type", values)
+        if modifier in ("in", "not-in"):
+            codes = self._expand(values)
+            if target.primitive_tokens:      # plain codes are stored without their system
+                codes = sorted({c.partition("|")[2] for c in codes})
+            if modifier == "in":
+                return {target.field: {"$in": codes}} if codes else dict(NOTHING)
+            return {target.field: {"$nin": codes}}
+        if modifier not in (None, "not"):
+            raise UnsupportedModifier(f"modifier :{modifier} is not supported on token parameters")
+        exact: list[str] = []
+        systems: list[str] = []
+        for value in values:
+            entry, is_system = self.token_entry(target, value)
+            (systems if is_system else exact).append(entry)
+        if modifier == "not":
+            conditions = ([{target.field: {"$in": exact}}] if exact else []) + \
+                [_within(target, prefix_range(s)) for s in systems]
+            return {"$nor": conditions}
+        return or_filters(([_any_of(target.field, exact)] if exact else []) +
+                          [_within(target, prefix_range(s)) for s in systems])
+
+    @staticmethod
+    def _ids(modifier: str | None, values: list[str]) -> dict:
+        ids = [unescape(v) for v in values]
+        if modifier == "not":
+            return {"_id": {"$nin": ids}}
+        if modifier:
+            raise UnsupportedModifier(f"modifier :{modifier} is not supported on _id")
+        return _any_of("_id", ids)
+
+    def _expand(self, urls: list[str]) -> list[str]:
+        if self.expand_value_set is None:
+            raise UnsupportedModifier(":in/:not-in need a terminology service")
+        codes: list[str] = []
+        for url in urls:
+            codes.extend(self.expand_value_set(url))
+        return codes
+
+    # -- reference ---------------------------------------------------------------------------
+    def reference(self, target: Target, modifier: str | None, values: list[str],
+                  targets: tuple[str, ...]) -> dict:
+        if modifier == "identifier":
+            aux = (target.aux_prefix or target.field) + ":identifier"
+            entries = [self.token_entry(Target(aux, True, "token"), v) for v in values]
+            return or_filters([{aux: {"$elemMatch": prefix_range(e)}} if is_system else {aux: e}
+                               for e, is_system in entries])
+        if modifier and not modifier[:1].isupper():
+            raise UnsupportedModifier(f"modifier :{modifier} is not supported on reference parameters")
+        references: list[str] = []
+        for value in values:
+            references.extend(self.reference_values(unescape(value), modifier, targets))
+        return _any_of(target.field, references)
+
+    def reference_values(self, value: str, type_modifier: str | None, targets: tuple[str, ...]) -> list[str]:
+        """The stored forms a reference search value can match."""
+        if self.base_url and value.startswith(self.base_url.rstrip("/") + "/"):
+            value = value[len(self.base_url.rstrip("/")) + 1:]
+        if type_modifier:
+            if "/" in value and not value.startswith(type_modifier + "/"):
+                raise MalformedValue(f"{value} is not a {type_modifier} reference")
+            return [value if "/" in value else f"{type_modifier}/{value}"]
+        if ":" in value:                                  # absolute URL, urn, canonical
+            return [local_reference(value) or value]
+        if "/" in value:
+            local = local_reference(value) or ""
+            kind, _, ident = local.partition("/")
+            if not kind[:1].isupper() or not _ID.fullmatch(ident):
+                raise MalformedValue(f"{value!r} is not a reference (Type/id)")
+            return [local]
+        if not _ID.fullmatch(value):
+            raise MalformedValue(f"{value!r} is not a resource id")
+        return [f"{t}/{value}" for t in targets]
+
+    # -- date --------------------------------------------------------------------------------
+    def date(self, target: Target, text: str) -> dict:
+        prefix, value = split_prefix(text)
+        try:
+            low, high = date_range(value, self.timezone)
+        except ValueError as exc:
+            raise MalformedValue(f"{value!r} is not a valid date (YYYY, YYYY-MM, YYYY-MM-DD or "
+                                 "YYYY-MM-DDThh:mm[:ss][Z|+hh:mm])") from exc
+        if prefix == "ap":
+            margin = max(abs(self._now() - low) / 10, timedelta(days=1))
+            low, high = low - margin, high + margin
+        if target.point:
+            return {target.field: _point_condition(prefix, low, high)}
+        return _range_condition(target, prefix, low, high)
+
+    def _now(self) -> datetime:
+        return self.now or datetime.now(UTC)
+
+    # -- number / quantity -------------------------------------------------------------------
+    def number(self, target: Target, text: str) -> dict:
+        prefix, value = split_prefix(text)
+        number = _decimal(value)
+        condition = _numeric_condition(prefix, number)
+        return _value_condition(target.field, target.multi, condition, prefix)
+
+    def quantity(self, target: Target, text: str) -> dict:
+        parts = split_escaped(text, "|")
+        if len(parts) not in (1, 3):
+            raise MalformedValue("a quantity is [prefix]number|system|code, or a number")
+        prefix, value = split_prefix(parts[0])
+        number = _decimal(value)
+        system, code = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+        canonical = canonical_quantity(number, system or UCUM, code) if code else None
+        subfields: dict = {}
+        if canonical:
+            converted, unit = canonical
+            subfields["cv"] = _numeric_condition(prefix, converted, scale_of=number)
+            subfields["cu"] = unit
+        else:
+            subfields["v"] = _numeric_condition(prefix, number)
+            if system:
+                subfields["s"] = system
+            if code:
+                subfields["u"] = code
+        if target.multi and (len(subfields) > 1 or len(next(iter(subfields.values()))) > 1):
+            return {target.field: {"$elemMatch": subfields}}
+        if prefix == "ne" and len(subfields) > 1:
+            # `ne` with a unit: a value of that unit that differs (dotted paths stay on one value)
+            return {target.field: {"$elemMatch": subfields}}
+        return {f"{target.field}.{k}": v for k, v in subfields.items()}
+
+    # -- uri ---------------------------------------------------------------------------------
+    def uri(self, target: Target, modifier: str | None, values: list[str]) -> dict:
+        values = [unescape(v) for v in values]
+        if modifier == "below":
+            return or_filters([_within(target, prefix_range(v)) for v in values])
+        if modifier == "above":
+            return _any_of(target.field, [p for v in values for p in _uri_ancestors(v)])
+        if modifier:
+            raise UnsupportedModifier(f"modifier :{modifier} is not supported on uri parameters")
+        return _any_of(target.field, values)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def split_escaped(text: str, separator: str, maxsplit: int = -1) -> list[str]:
+    """Split on `separator` not preceded by a backslash (`\\,` `\\|` `\\$` are literal)."""
+    parts: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for char in text:
+        if escaped:
+            current.append("\\" + char if char != separator else char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == separator and (maxsplit < 0 or len(parts) < maxsplit):
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if escaped:
+        current.append("\\")
+    parts.append("".join(current))
+    return parts
+
+
+def unescape(text: str) -> str:
+    return re.sub(r"\\([,|$\\])", r"\1", text)
+
+
+def split_prefix(text: str) -> tuple[str, str]:
+    """`ge2024` -> ("ge", "2024"); no prefix means eq. Unknown letters are an error."""
+    if text[:2].isalpha():
+        if text[:2] not in PREFIXES:
+            raise MalformedValue(f"unknown prefix {text[:2]!r} (eq, ne, gt, lt, ge, le, sa, eb, ap)")
+        return text[:2], text[2:]
+    return "eq", text
+
+
+def _decimal(text: str) -> Decimal:
+    try:
+        return parse_decimal(text)
+    except ValueError as exc:
+        raise MalformedValue(str(exc)) from exc
+
+
+def _within(target: Target, bounds: dict) -> dict:
+    """Both bounds on the same value. On a list MongoDB checks each operator against any
+    element, so `{$gte: "dup", $lt: "duq"}` would match ["helene", "durand"]: `$elemMatch`."""
+    if target.multi and len(bounds) > 1:
+        return {target.field: {"$elemMatch": bounds}}
+    return {target.field: bounds}
+
+
+def _any_of(field: str, values: list) -> dict:
+    if not values:
+        return dict(NOTHING)
+    return {field: values[0] if len(values) == 1 else {"$in": values}}
+
+
+def _uri_ancestors(uri: str) -> list[str]:
+    head, _, rest = uri.partition("://")
+    if not rest:
+        return [uri]
+    segments = rest.split("/")
+    return [f"{head}://" + "/".join(segments[:n]) for n in range(1, len(segments) + 1)]
+
+
+def _numeric_condition(prefix: str, value: Decimal, scale_of: Decimal | None = None) -> dict:
+    """Condition on one number; `eq` uses the precision the client wrote (`100` is [99.5, 100.5))."""
+    if prefix in ("eq", "ne"):
+        low, high = implicit_range(scale_of if scale_of is not None else value)
+        if scale_of is not None:             # a converted quantity: scale the range with it
+            factor = value / scale_of if scale_of else Decimal(1)
+            low, high = low * factor, high * factor
+        condition: dict = {"$gte": low, "$lt": high}
+        return {"$not": condition} if prefix == "ne" else condition
+    if prefix == "ap":
+        margin = abs(value) / 10
+        return {"$gte": value - margin, "$lte": value + margin}
+    operator = {"gt": "$gt", "sa": "$gt", "lt": "$lt", "eb": "$lt", "ge": "$gte", "le": "$lte"}[prefix]
+    return {operator: value}
+
+
+def _value_condition(field: str, multi: bool, condition: dict, prefix: str) -> dict:
+    if prefix == "ne":
+        return {field: {"$exists": True, **condition}} if not multi else \
+            {field: {"$exists": True, "$not": {"$elemMatch": condition["$not"]}}}
+    if multi and len(condition) > 1:          # both bounds on the same value of the list
+        return {field: {"$elemMatch": condition}}
+    return {field: condition}
+
+
+def _point_condition(prefix: str, low: datetime, high: datetime) -> dict:
+    """A stored instant t, read as the millisecond [t, t+1ms): every prefix is one range on t."""
+    return {
+        "eq": {"$gte": low, "$lt": high}, "ap": {"$gte": low, "$lt": high},
+        "ne": {"$not": {"$gte": low, "$lt": high}},
+        "gt": {"$gte": high}, "sa": {"$gte": high}, "ge": {"$gte": low},
+        "lt": {"$lt": low}, "eb": {"$lt": low}, "le": {"$lt": high},
+    }[prefix]
+
+
+def _range_condition(target: Target, prefix: str, low: datetime, high: datetime) -> dict:
+    """Conditions on a stored range [lo, hi) against the search range [low, high), following the
+    spec: eq = the value is within the search range, gt = it extends after it, sa = it starts
+    after it ends, ap = it overlaps the search range widened by 10% of its distance to now."""
+    one_sided = {
+        "gt": ("hi", {"$gt": high}), "ge": ("hi", {"$gt": low}),
+        "lt": ("lo", {"$lt": low}), "le": ("lo", {"$lt": high}),
+        "sa": ("lo", {"$gte": high}), "eb": ("hi", {"$lte": low}),
+    }
+    if prefix in one_sided:
+        sub, condition = one_sided[prefix]
+        return {f"{target.field}.{sub}": condition}
+    if prefix == "ap":
+        both = {"lo": {"$lt": high}, "hi": {"$gt": low}}
+    else:
+        both = {"lo": {"$gte": low}, "hi": {"$lte": high}}
+    if target.multi:
+        matched = {target.field: {"$elemMatch": both}}
+    else:
+        matched = {f"{target.field}.{k}": v for k, v in both.items()}
+    if prefix == "ne":
+        return {target.field: {"$exists": True}, "$nor": [matched]}
+    return matched

@@ -1,0 +1,308 @@
+"""From the query string to a MongoDB filter.
+
+`parse_request` sorts the parameters into criteria and result parameters (`_sort`, `_count`,
+`_include`...). `QueryCompiler` turns the criteria for one resource type into one flat filter;
+chained parameters (`subject:Patient.name=x`, any depth) and reverse chains (`_has`) are
+resolved first into the ids they match, with one query per link, and become `$in` conditions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fhir_server.engine.errors import Issue, bad_request, error
+from fhir_server.search.criteria import (
+    MODIFIERS,
+    CriteriaBuilder,
+    MalformedValue,
+    Target,
+    UnsupportedModifier,
+)
+from fhir_server.search.filters import NOTHING, ExtraFilter, and_filters, extra_for
+from fhir_server.search.registry import SearchParam, SearchRegistry
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+# A chain or `_has` link that matches more resources than this is refused rather than turned
+# into a huge `$in` (the client should narrow the inner criteria).
+MAX_LINK_MATCHES = 10_000
+
+IGNORED_PARAMS = frozenset({"_format", "_pretty"})
+RESULT_PARAMS = frozenset({"_sort", "_count", "_total", "_summary", "_elements", "_include",
+                           "_revinclude", "_contained", "_containedType", "_cursor", "_type"})
+UNSUPPORTED_PARAMS = frozenset({"_text", "_content", "_filter", "_query", "_security-label"})
+SUMMARY_VALUES = frozenset({"true", "false", "text", "data", "count"})
+TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
+
+
+class Store(Protocol):
+    """What the search engine needs from storage (MongoStore provides it)."""
+
+    def find(self, resource_type: str, query: dict, sort: list[tuple[str, int]] | None = None,
+             limit: int = 0, projection: dict | None = None) -> list[dict]: ...
+
+    def count(self, resource_type: str, query: dict, limit: int = 0) -> int: ...
+
+    def update_many(self, resource_type: str, query: dict, update: dict) -> int: ...
+
+
+@dataclass(frozen=True)
+class IncludeSpec:
+    source: str            # resource type holding the reference, or "*"
+    param: str             # reference parameter code, or "*"
+    target: str | None     # restrict to this target type
+    iterate: bool
+
+    @property
+    def text(self) -> str:
+        return ":".join(p for p in (self.source, self.param, self.target) if p)
+
+
+@dataclass
+class SearchRequest:
+    """A search request, sorted out."""
+
+    criteria: list[tuple[str, str]] = field(default_factory=list)
+    sort: list[tuple[str, bool]] = field(default_factory=list)     # (code, descending)
+    count: int = DEFAULT_COUNT
+    total: str = "none"
+    summary: str | None = None
+    elements: list[str] | None = None
+    includes: list[IncludeSpec] = field(default_factory=list)
+    revincludes: list[IncludeSpec] = field(default_factory=list)
+    types: list[str] | None = None
+    cursor: str | None = None
+    link_params: list[tuple[str, str]] = field(default_factory=list)   # for paging links
+    warnings: list[Issue] = field(default_factory=list)
+
+
+def unsupported(message: str, name: str, strict: bool, warnings: list[Issue]) -> None:
+    """An unknown or unsupported parameter: a warning in the bundle, or a 400 when the client
+    asked for `Prefer: handling=strict`."""
+    if strict:
+        raise bad_request(message, name)
+    warnings.append(Issue("warning", "not-supported", message, (name,)))
+
+
+def parse_request(params: list[tuple[str, str]], strict: bool) -> SearchRequest:
+    request = SearchRequest()
+    for name, value in params:
+        base = name.split(":", 1)[0]
+        if base in IGNORED_PARAMS:
+            continue
+        if base != "_cursor":
+            request.link_params.append((name, value))
+        if base not in RESULT_PARAMS:
+            request.criteria.append((name, value))
+            continue
+        _result_param(request, name, base, value, strict)
+    return request
+
+
+def _result_param(request: SearchRequest, name: str, base: str, value: str, strict: bool) -> None:
+    if base == "_sort":
+        request.sort = _parse_sort(value)
+    elif base == "_count":
+        request.count = _parse_count(value)
+    elif base == "_total":
+        if value not in TOTAL_VALUES:
+            raise bad_request("_total takes none, estimate or accurate", "_total")
+        request.total = value
+    elif base == "_summary":
+        if value not in SUMMARY_VALUES:
+            raise bad_request("_summary takes true, false, text, data or count", "_summary")
+        request.summary = value
+    elif base == "_elements":
+        request.elements = [e.strip() for e in value.split(",") if e.strip()]
+    elif base in ("_include", "_revinclude"):
+        spec = _parse_include(name, value)
+        (request.includes if base == "_include" else request.revincludes).append(spec)
+    elif base == "_type":
+        request.types = [t.strip() for t in value.split(",") if t.strip()]
+    elif base == "_cursor":
+        request.cursor = value
+    elif base == "_contained":
+        if value not in ("false", "true", "both"):
+            raise bad_request("_contained takes true, false or both", "_contained")
+        if value != "false":
+            unsupported("Searching contained resources (_contained) is not supported", name, strict,
+                        request.warnings)
+    elif base == "_containedType":
+        unsupported("_containedType is not supported", name, strict, request.warnings)
+
+
+def _parse_sort(value: str) -> list[tuple[str, bool]]:
+    keys = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item or item == "-":
+            raise bad_request("_sort takes a comma-separated list of parameters, `-` for descending", "_sort")
+        keys.append((item.lstrip("-"), item.startswith("-")))
+    return keys
+
+
+def _parse_count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise bad_request("_count must be a whole number", "_count") from None
+    if count < 0:
+        raise bad_request("_count cannot be negative", "_count")
+    return min(count, MAX_COUNT)
+
+
+def _parse_include(name: str, value: str) -> IncludeSpec:
+    modifier = name.split(":", 1)[1] if ":" in name else None
+    if modifier not in (None, "iterate", "recurse"):
+        raise bad_request(f"unknown modifier :{modifier} on {name.split(':')[0]}", name)
+    if value == "*":
+        return IncludeSpec("*", "*", None, modifier is not None)
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise bad_request(f"{name} takes SourceType:parameter[:TargetType] or *", name)
+    return IncludeSpec(parts[0], parts[1], parts[2] if len(parts) == 3 else None, modifier is not None)
+
+
+# -- compiling criteria ---------------------------------------------------------------------------
+
+def target_of(param: SearchParam) -> Target:
+    return Target(field=param.field, multi=param.multi, kind="token" if param.code == "_id" else param.type,
+                  primitive_tokens=param.primitive_tokens, point=param.point,
+                  aux_prefix=f"_index.{param.code}")
+
+
+@dataclass
+class QueryCompiler:
+    registry: SearchRegistry
+    store: Store
+    builder: CriteriaBuilder
+    extra_filter: ExtraFilter = None
+    strict: bool = False
+    warnings: list[Issue] = field(default_factory=list)
+
+    def compile(self, resource_type: str, criteria: list[tuple[str, str]]) -> dict:
+        """One flat filter for all criteria (AND of parameters, OR of comma-separated values)."""
+        return and_filters(*(self.criterion(resource_type, name, value) for name, value in criteria))
+
+    def criterion(self, resource_type: str, name: str, value: str) -> dict:
+        try:
+            return self._criterion(resource_type, name, value)
+        except MalformedValue as exc:
+            raise bad_request(f"Invalid value for search parameter {name}: {exc}", name) from exc
+        except UnsupportedModifier as exc:
+            unsupported(f"Search parameter {name} ignored: {exc}", name, self.strict, self.warnings)
+            return {}
+
+    def _criterion(self, resource_type: str, name: str, value: str) -> dict:
+        if value == "" and not name.startswith("_has:"):
+            return {}                              # an empty value is ignored (spec)
+        if name.startswith("_has:"):
+            return self._reverse_chain(resource_type, name, value)
+        if name == "_list":
+            return self._list(resource_type, value)
+        link, _, rest = name.partition(".")
+        code, _, modifier = link.partition(":")
+        param = self.registry.param(resource_type, code)
+        if param is None or code in UNSUPPORTED_PARAMS:
+            unsupported(f"Unknown search parameter {code!r} for {resource_type}", name, self.strict, self.warnings)
+            return {}
+        self._check_modifier(param, modifier or None, bool(rest))
+        if rest:
+            return self._chain(param, modifier or None, rest, value)
+        if param.type == "composite":
+            components = [Target(str(i), False, c.param.type) for i, c in enumerate(param.components)]
+            return self.builder.composite(target_of(param), components, value)
+        return self.builder.build(target_of(param), modifier or None, value, param.targets)
+
+    def _check_modifier(self, param: SearchParam, modifier: str | None, chained: bool) -> None:
+        if modifier is None or modifier == "missing" and not chained:
+            return
+        if param.type == "reference" and modifier[:1].isupper():
+            if modifier not in param.targets:
+                raise MalformedValue(f"{modifier} is not a target type of {param.code}")
+            return
+        if chained:
+            raise MalformedValue(f"only a resource type modifier may precede a chain (:{modifier})")
+        if modifier not in MODIFIERS.get(param.type, frozenset()):
+            raise UnsupportedModifier(f"modifier :{modifier} is not supported on {param.type} parameters")
+
+    # -- chains ----------------------------------------------------------------------------
+    def _chain(self, param: SearchParam, type_modifier: str | None, rest: str, value: str) -> dict:
+        if param.type != "reference":
+            raise MalformedValue(f"{param.code} is not a reference parameter and cannot be chained")
+        inner_code = rest.split(".", 1)[0].split(":", 1)[0]
+        types = [type_modifier] if type_modifier else \
+            [t for t in param.targets if self.registry.param(t, inner_code) is not None]
+        if not types:
+            raise UnsupportedModifier(f"no target of {param.code} has a search parameter {inner_code!r}")
+        references: list[str] = []
+        for target_type in types:
+            ids = self.matching_ids(target_type, [(rest, value)], MAX_LINK_MATCHES, link=f"{param.code}.{rest}")
+            references.extend(f"{target_type}/{i}" for i in ids)
+        if len(references) == 1:          # an equality keeps compound indexes usable
+            return {param.field: references[0]}
+        return {param.field: {"$in": references}} if references else dict(NOTHING)
+
+    def _reverse_chain(self, resource_type: str, name: str, value: str) -> dict:
+        # _has:Observation:patient:code=1234 -> Observation?code=1234, their `patient` values
+        parts = name.split(":", 3)
+        if len(parts) != 4 or not all(parts[1:]):
+            raise MalformedValue("_has takes _has:Type:referenceParameter:parameter=value")
+        _, source_type, ref_code, rest = parts
+        if source_type not in self.registry.known_types:
+            raise MalformedValue(f"unknown resource type {source_type!r}")
+        ref_param = self.registry.param(source_type, ref_code)
+        if ref_param is None or ref_param.type != "reference":
+            raise MalformedValue(f"{ref_code!r} is not a reference parameter of {source_type}")
+        inner = self.compile_inner(source_type, [(rest, value)])
+        docs = self.store.find(source_type, inner, limit=MAX_LINK_MATCHES + 1,
+                               projection={ref_param.field: 1})
+        self._check_fan_out(len(docs), name)
+        prefix = resource_type + "/"
+        ids: list[str] = []
+        for doc in docs:
+            for reference in _as_list((doc.get("_index") or {}).get(ref_code)):
+                if isinstance(reference, str) and reference.startswith(prefix):
+                    ids.append(reference[len(prefix):])
+        return {"_id": {"$in": sorted(set(ids))}} if ids else dict(NOTHING)
+
+    def _list(self, resource_type: str, value: str) -> dict:
+        if value.startswith("$"):
+            raise UnsupportedModifier(f"functional list {value} is not supported")
+        docs = self.store.find("List", and_filters({"_id": value}, extra_for(self.extra_filter, "List")), limit=1,
+                               projection={"resource.entry": 1})
+        prefix = resource_type + "/"
+        ids = []
+        for doc in docs:
+            for entry in doc["resource"].get("entry", ()):
+                reference = (entry.get("item") or {}).get("reference", "")
+                if reference.startswith(prefix):
+                    ids.append(reference[len(prefix):].split("/_history/")[0])
+        return {"_id": {"$in": ids}} if ids else dict(NOTHING)
+
+    # -- inner queries ---------------------------------------------------------------------
+    def compile_inner(self, resource_type: str, criteria: list[tuple[str, str]]) -> dict:
+        return and_filters(self.compile(resource_type, criteria), extra_for(self.extra_filter, resource_type))
+
+    def matching_ids(self, resource_type: str, criteria: list[tuple[str, str]], limit: int,
+                     link: str | None = None) -> list[str]:
+        query = self.compile_inner(resource_type, criteria)
+        docs = self.store.find(resource_type, query, limit=limit + 1 if link else limit,
+                               projection={"_id": 1})
+        if link:
+            self._check_fan_out(len(docs), link)
+        return [doc["_id"] for doc in docs]
+
+    @staticmethod
+    def _check_fan_out(found: int, name: str) -> None:
+        if found > MAX_LINK_MATCHES:
+            raise error(400, "too-costly", f"{name} matches more than {MAX_LINK_MATCHES} resources: "
+                        "narrow the criteria", name)
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+

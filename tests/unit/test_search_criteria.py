@@ -1,0 +1,123 @@
+"""Query values to MongoDB conditions, without a database: shapes that matter for correctness
+(one value per condition on lists) and for indexes (flat filters, equalities)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from fhir_server.search.criteria import (
+    CriteriaBuilder,
+    MalformedValue,
+    Target,
+    UnsupportedModifier,
+    split_escaped,
+    split_prefix,
+    unescape,
+)
+from fhir_server.search.filters import NOTHING, and_filters, satisfies
+from fhir_server.search.normalize import DEFAULT_TIMEZONE
+
+BUILDER = CriteriaBuilder(DEFAULT_TIMEZONE, "http://h/fhir", now=datetime(2024, 1, 1, tzinfo=UTC))
+STATUS = Target("_index.status", False, "token", primitive_tokens=True, aux_prefix="_index.status")
+CODE = Target("_index.code", True, "token", aux_prefix="_index.code")
+NAME = Target("_index.name", True, "string", aux_prefix="_index.name")
+DESCRIPTION = Target("_index.description", False, "string", aux_prefix="_index.description")
+PERIOD = Target("_index.period", True, "date")
+BIRTH = Target("_index.birthdate", False, "date")
+POINT = Target("_index.date", False, "date", point=True)
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def test_escaping() -> None:
+    assert split_escaped(r"a\,b,c", ",") == ["a,b", "c"]
+    assert split_escaped(r"s\|x|c|d", "|", 1) == ["s|x", "c|d"]
+    assert unescape(r"a\$b\|c") == "a$b|c"
+    assert split_prefix("ge2024") == ("ge", "2024") and split_prefix("2024") == ("eq", "2024")
+    with pytest.raises(MalformedValue):
+        split_prefix("xx2024")
+
+
+def test_tokens_are_flat_equalities() -> None:
+    assert BUILDER.build(STATUS, None, "current") == {"_index.status": "current"}
+    assert BUILDER.build(STATUS, None, "|current") == {"_index.status": "current"}   # codes have no system
+    assert BUILDER.build(CODE, None, "http://loinc.org|1234") == {"_index.code": "http://loinc.org|1234"}
+    assert BUILDER.build(CODE, None, "|1234") == {"_index.code": "|1234"}
+    assert BUILDER.build(CODE, None, "a,b") == {"_index.code": {"$in": ["a", "b"]}}
+    assert BUILDER.build(CODE, None, "http://loinc.org|") == \
+        {"_index.code": {"$elemMatch": {"$gte": "http://loinc.org|", "$lt": "http://loinc.org}"}}}
+    assert BUILDER.build(CODE, "not", "a") == {"$nor": [{"_index.code": {"$in": ["a"]}}]}
+    assert BUILDER.build(CODE, "missing", "true") == {"_index.code": {"$exists": False},
+                                                      "_index.code:text": {"$exists": False}}
+    with pytest.raises(UnsupportedModifier):
+        BUILDER.build(CODE, "above", "a")
+
+
+def test_strings_use_index_ranges_on_one_value() -> None:
+    assert BUILDER.build(DESCRIPTION, None, "Hél") == {"_index.description": {"$gte": "hel", "$lt": "hem"}}
+    assert BUILDER.build(NAME, None, "Hél") == {"_index.name": {"$elemMatch": {"$gte": "hel", "$lt": "hem"}}}
+    assert BUILDER.build(NAME, "exact", "Hélène") == {"_index.name": "helene", "_index.name:exact": "Hélène"}
+    assert BUILDER.build(NAME, "contains", "l.n") == {"_index.name": {"$regex": r"l\.n"}}
+
+
+def test_dates() -> None:
+    day = (utc(2024, 5, 31, 22), utc(2024, 6, 1, 22))
+    assert BUILDER.build(BIRTH, None, "2024-06-01") == {"_index.birthdate.lo": {"$gte": day[0]},
+                                                       "_index.birthdate.hi": {"$lte": day[1]}}
+    assert BUILDER.build(PERIOD, None, "2024-06-01") == \
+        {"_index.period": {"$elemMatch": {"lo": {"$gte": day[0]}, "hi": {"$lte": day[1]}}}}
+    assert BUILDER.build(PERIOD, None, "ge2024-06-01") == {"_index.period.hi": {"$gt": day[0]}}
+    assert BUILDER.build(PERIOD, None, "sa2024-06-01") == {"_index.period.lo": {"$gte": day[1]}}
+    # a stored instant: every prefix is one range on one field, so ge & lt merge into one
+    merged = and_filters(BUILDER.build(POINT, None, "ge2024-06-01"), BUILDER.build(POINT, None, "lt2024-06-08"))
+    assert merged == {"_index.date": {"$gte": day[0], "$lt": utc(2024, 6, 7, 22)}}
+    # ap: widened by 10% of the distance to now (at least a day)
+    low, high = BUILDER.build(POINT, None, "ap2023-01-01")["_index.date"].values()
+    assert high - low == timedelta(days=1) + 2 * ((utc(2024, 1, 1) - utc(2022, 12, 31, 23)) / 10)
+
+
+def test_numbers_and_quantities() -> None:
+    value = Target("_index.value", False, "number")
+    assert BUILDER.build(value, None, "100") == {"_index.value": {"$gte": Decimal("99.5"), "$lt": Decimal("100.5")}}
+    assert BUILDER.build(value, None, "gt1.5") == {"_index.value": {"$gt": Decimal("1.5")}}
+    listed = Target("_index.value", True, "quantity")
+    assert BUILDER.build(listed, None, "5.4|http://unitsofmeasure.org|mg") == {"_index.value": {"$elemMatch": {
+        "cv": {"$gte": Decimal("0.00535"), "$lt": Decimal("0.00545")}, "cu": "g"}}}
+    single = Target("_index.value", False, "quantity")
+    assert BUILDER.build(single, None, "le5||kg/h") == {"_index.value.v": {"$lte": Decimal(5)},
+                                                      "_index.value.u": "kg/h"}
+
+
+def test_references() -> None:
+    subject = Target("_index.subject", False, "reference", aux_prefix="_index.subject")
+    targets = ("Patient", "Group")
+    assert BUILDER.build(subject, None, "Patient/1", targets) == {"_index.subject": "Patient/1"}
+    assert BUILDER.build(subject, None, "http://h/fhir/Patient/1", targets) == {"_index.subject": "Patient/1"}
+    assert BUILDER.build(subject, None, "1", targets) == {"_index.subject": {"$in": ["Patient/1", "Group/1"]}}
+    assert BUILDER.build(subject, "Patient", "1", targets) == {"_index.subject": "Patient/1"}
+    assert BUILDER.build(subject, "identifier", "urn:oid:1|2", targets) == {"_index.subject:identifier": "urn:oid:1|2"}
+    with pytest.raises(MalformedValue):
+        BUILDER.build(subject, "Patient", "Group/1", targets)
+
+
+def test_value_sets() -> None:
+    builder = CriteriaBuilder(DEFAULT_TIMEZONE, expand_value_set=lambda url: ["http://s|a", "http://s|b"])
+    assert builder.build(CODE, "in", "http://vs") == {"_index.code": {"$in": ["http://s|a", "http://s|b"]}}
+    assert builder.build(STATUS, "not-in", "http://vs") == {"_index.status": {"$nin": ["a", "b"]}}
+    empty = CriteriaBuilder(DEFAULT_TIMEZONE, expand_value_set=lambda url: [])
+    assert empty.build(CODE, "in", "http://vs") == NOTHING
+
+
+def test_and_filters_stay_flat() -> None:
+    assert and_filters({"a": 1}, {"b": {"$gt": 2}}, None, {"b": {"$lt": 5}}) == {"a": 1, "b": {"$gt": 2, "$lt": 5}}
+    assert and_filters({"b": {"$gt": 2}}, {"b": {"$gt": 4}}) == {"b": {"$gt": 4}}
+    assert and_filters({"b": 3}, {"b": {"$gt": 2}}) == {"b": 3}              # the range adds nothing
+    assert and_filters({"b": 1}, {"b": 2}) == {"b": 1, "$and": [{"b": 2}]}
+    assert and_filters({"$or": [{"a": 1}]}, {"c": 1}) == {"c": 1, "$and": [{"$or": [{"a": 1}]}]}
+    assert satisfies(Decimal("2.5"), {"$gt": 2, "$lte": Decimal("2.5")})
+    assert not satisfies("a", {"$gt": 2})
