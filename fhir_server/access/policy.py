@@ -216,7 +216,7 @@ class AccessPolicy:
             own_record = {"_acl.patients": {"$in": access.patients}, "_acl.own": {"$ne": INVISIBLE}}
             return {"$or": [REFERENCE_DATA, own_record]}
         if resource_type == "AuditEvent":
-            return REFERENCE_DATA          # professionals never read the audit trail
+            return NOTHING                 # professionals never read the audit trail
         return self._practitioner_filter(access, actor)
 
     def _practitioner_filter(self, access: RequestAccess, actor: Actor) -> dict:

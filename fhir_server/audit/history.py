@@ -1,0 +1,118 @@
+"""`GET Patient/[id]/$access-history`: who accessed a patient's record, newest first.
+
+Independent of HTTP: takes the patient, the query parameters and the public base URL, returns a
+searchset Bundle of the patient's AuditEvents. Each entry carries, in `search.extension`
+(`SUMMARY_URL`), a readable summary (who with RPPS, profession and organisation; when; what, by
+document title or type; how: read, search, emergency, refused...) so that a patient app can show
+the list without understanding AuditEvent.
+
+Parameters: `_count` (default 20, at most 100), `_since` (instant or date: events recorded at or
+after), `exclude-self=true` (leave out the patient's own accesses), `_cursor` (keyset position,
+only as found in a `next` link). Who may call it (the patient, an auditor) is the caller's
+decision.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from dateutil import parser as date_parser
+
+from fhir_server.audit.summary import summarise
+from fhir_server.engine.errors import bad_request
+from fhir_server.engine.model import instant
+from fhir_server.storage import MongoStore
+
+AUDIT_EVENT = "AuditEvent"
+DEFAULT_COUNT = 20
+MAX_COUNT = 100
+NEWEST_FIRST = [("_audit.recorded", -1), ("_id", -1)]
+
+
+def access_history(store: MongoStore, patient: str, params: list[tuple[str, str]], base_url: str) -> dict:
+    patient = patient if patient.startswith("Patient/") else f"Patient/{patient}"
+    options = _options(params)
+    query = _query(patient, options)
+    found = store.find(AUDIT_EVENT, query, sort=NEWEST_FIRST, limit=options["count"] + 1)
+    page, more = found[:options["count"]], len(found) > options["count"]
+    base_url = base_url.rstrip("/")
+    path = f"{patient}/$access-history"
+    links = [{"relation": "self", "url": _url(base_url, path, params)}]
+    if more:
+        kept = [(k, v) for k, v in params if k != "_cursor"]
+        links.append({"relation": "next", "url": _url(base_url, path, [*kept, ("_cursor", _cursor(page[-1]))])})
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": links,
+        "entry": [_entry(base_url, doc, patient) for doc in page],
+    }
+
+
+def _entry(base_url: str, doc: dict, patient: str) -> dict:
+    resource = doc["resource"]
+    return {
+        "fullUrl": f"{base_url}/{AUDIT_EVENT}/{resource['id']}",
+        "resource": resource,
+        "search": {"extension": [summarise(resource, patient).to_extension()], "mode": "match"},
+    }
+
+
+def _options(params: list[tuple[str, str]]) -> dict:
+    options: dict = {"count": DEFAULT_COUNT, "since": None, "exclude_self": False, "cursor": None}
+    for name, value in params:
+        if name == "_count":
+            if not value.isdigit():
+                raise bad_request(f"_count={value!r} must be a non-negative integer", "_count")
+            options["count"] = max(1, min(int(value), MAX_COUNT))
+        elif name == "_since":
+            options["since"] = _moment(value, "_since")
+        elif name == "exclude-self":
+            if value not in ("true", "false"):
+                raise bad_request(f"exclude-self={value!r} must be true or false", "exclude-self")
+            options["exclude_self"] = value == "true"
+        elif name == "_cursor":
+            options["cursor"] = _decode_cursor(value)
+    return options
+
+
+def _query(patient: str, options: dict) -> dict:
+    clauses: list[dict] = [{"_audit.patient": patient}]
+    if options["since"] is not None:
+        clauses.append({"_audit.recorded": {"$gte": options["since"]}})
+    if options["exclude_self"]:
+        clauses.append({"_audit.self": {"$ne": True}})
+    if options["cursor"] is not None:
+        moment, last_id = options["cursor"]
+        clauses.append({"$or": [{"_audit.recorded": {"$lt": moment}},
+                                {"_audit.recorded": moment, "_id": {"$lt": last_id}}]})
+    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+
+
+def _moment(value: str, name: str) -> datetime:
+    try:
+        moment = date_parser.isoparse(value)
+    except ValueError:
+        raise bad_request(f"{name}={value!r} is not a valid FHIR instant or date", name) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _cursor(doc: dict) -> str:
+    raw = f"{instant(doc['_audit']['recorded'])}|{doc['_id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        moment, last_id = raw.split("|", 1)
+        return date_parser.isoparse(moment), last_id
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("The paging cursor is not valid: follow the links the server returned", "_cursor") from None
+
+
+def _url(base_url: str, path: str, params: list[tuple[str, str]]) -> str:
+    query = urlencode(params)
+    return f"{base_url}/{path}" + (f"?{query}" if query else "")

@@ -1,0 +1,179 @@
+"""The audit trail: AuditEvents written with the data they describe, chained per patient.
+
+Storage layout (beside the usual `resource`, `_ver`, `_lastUpdated`, `_index`, `_acl`), each
+AuditEvent document has an `_audit` sub-document used by the chain walk and the access history:
+
+    {"chain": "audit-chain:Patient/x", "seq": 12, "patient": "Patient/x" | None,
+     "recorded": datetime, "self": bool}
+
+and the head of each chain lives in `_meta` under the chain key:
+
+    {"_id": "audit-chain:Patient/x", "_ver": <seq of the last event>, "hash": <its hash>,
+     "last": <its id>}
+
+Appending is an optimistic compare-and-set on the head's `_ver` (store.insert for the first
+event, store.replace with the expected `_ver` afterwards). The head moves *before* the event is
+written, so on a deployment without transactions a crash in between leaves a head pointing at a
+missing event (reported by `verify` as a missing link) rather than two events claiming the same
+predecessor (a silent fork).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from dateutil import parser as date_parser
+
+from fhir_server.audit.builder import BuiltEvent, build_events
+from fhir_server.audit.chain import GENESIS, chain_facts, chain_key, patients_of_event, with_chain, without_chain
+from fhir_server.audit.history import access_history
+from fhir_server.audit.record import AuditRecord
+from fhir_server.audit.verify import VerifyReport, verify_chains
+from fhir_server.engine.model import instant, new_id, now
+from fhir_server.storage import MongoStore, Session, StorageConflict
+from fhir_server.storage.mongo import META
+
+AUDIT_EVENT = "AuditEvent"
+MAX_ATTEMPTS = 60
+
+# Indexes the audit trail relies on, in `MongoStore.ensure_collections` form: the chain walk
+# (chain order) and the access history (newest first, keyset on `_id`).
+AUDIT_INDEXES: list[list[tuple[str, int]]] = [
+    [("_audit.chain", 1), ("_audit.seq", 1)],
+    [("_audit.patient", 1), ("_audit.recorded", -1), ("_id", -1)],
+]
+
+T = TypeVar("T")
+
+
+class Indexer(Protocol):
+    def extract_index(self, resource: dict) -> dict: ...
+
+
+class AclPolicy(Protocol):
+    def acl_for(self, resource_type: str, resource: dict, index: dict, session: Any = None) -> dict | None: ...
+
+
+class AuditChainConflict(StorageConflict):
+    """The chain head kept moving under us: the event was not written (the chain is intact)."""
+
+
+class AuditTrail:
+    def __init__(self, store: MongoStore, indexer: Indexer, policy: AclPolicy | None,
+                 server_name: str = "espace") -> None:
+        self.store = store
+        self.indexer = indexer
+        self.policy = policy
+        self.server_name = server_name
+
+    # -- writing --------------------------------------------------------------------------------
+    def record(self, record: AuditRecord, session: Session = None) -> list[str]:
+        """Write the AuditEvents of one interaction (one per patient concerned) and return their
+        ids. With a session, they are written in the caller's transaction, so a write and its
+        audit commit or fail together; a chain conflict then surfaces as the transaction's
+        transient write conflict and the caller retries the whole transaction."""
+        return [self._append(built, session) for built in build_events(record, self.server_name)]
+
+    def append(self, event: dict, session: Session = None) -> str:
+        """Chain and store an AuditEvent built elsewhere (e.g. received through `POST AuditEvent`,
+        the TDE / ITI-20 feed). Any chain extension it brings is replaced by ours. It joins the
+        chain of its patient entity when it has exactly one, the global chain otherwise."""
+        if not isinstance(event, dict) or event.get("resourceType") != AUDIT_EVENT:
+            raise ValueError("append() takes an AuditEvent resource")
+        resource = without_chain(event)
+        resource["id"] = resource.get("id") or new_id()
+        resource["meta"] = {**(resource.get("meta") or {}), "versionId": "1"}
+        patients = sorted(set(patients_of_event(resource)))
+        return self._append(BuiltEvent(patients[0] if len(patients) == 1 else None, resource, False), session)
+
+    def _append(self, built: BuiltEvent, session: Session) -> str:
+        if session is not None:
+            # Outside a transaction a CAS miss has written nothing yet, so retrying in place is
+            # safe; inside one the server reports the conflict as a transient error instead.
+            return _retry(lambda: self._link_and_store(built, session), _is_conflict)
+        return _retry(lambda: self._in_own_transaction(built), _is_retryable)
+
+    def _in_own_transaction(self, built: BuiltEvent) -> str:
+        with self.store.transaction() as own:
+            return self._link_and_store(built, own)
+
+    def _link_and_store(self, built: BuiltEvent, session: Session) -> str:
+        key = chain_key(built.patient)
+        head = self.store.get_meta(key, session)
+        previous, seq = (head["hash"], head["_ver"] + 1) if head else (GENESIS, 1)
+        moment = now()
+        resource = copy.deepcopy(built.resource)
+        resource.setdefault("meta", {})["lastUpdated"] = instant(moment)
+        chained = with_chain(resource, previous)
+        _, digest = chain_facts(chained)
+        new_head = {"_id": key, "_ver": seq, "hash": digest, "last": chained["id"]}
+        if head is None:
+            self.store.insert(META, new_head, session)
+        else:
+            self.store.replace(META, new_head, head["_ver"], session)
+        self._store_event(chained, moment, {"chain": key, "seq": seq, "patient": built.patient,
+                                            "recorded": _recorded(chained, moment), "self": built.self_access},
+                          session)
+        return chained["id"]
+
+    def _store_event(self, resource: dict, moment: datetime, audit: dict, session: Session) -> None:
+        index = self.indexer.extract_index(resource)
+        doc: dict = {"_id": resource["id"], "resource": resource, "_ver": 1, "_lastUpdated": moment,
+                     "_index": index}
+        acl = self.policy.acl_for(AUDIT_EVENT, resource, index, session) if self.policy else None
+        if acl is not None:
+            doc["_acl"] = acl
+        doc["_audit"] = audit
+        version = {"_id": f"{AUDIT_EVENT}/{resource['id']}/1", "type": AUDIT_EVENT, "id": resource["id"], "ver": 1,
+                   "method": "POST", "lastUpdated": moment, "resource": resource}
+        if acl is not None:
+            version["_acl"] = acl
+        self.store.insert(AUDIT_EVENT, doc, session)
+        self.store.add_version(version, session)
+
+    # -- reading --------------------------------------------------------------------------------
+    def verify(self, patient: str | None = None) -> VerifyReport:
+        """Walk the chain of `patient` ("Patient/x"), or every chain, and report the first break
+        of each."""
+        return verify_chains(self.store, patient)
+
+    def access_history(self, patient: str, params: list[tuple[str, str]], base_url: str) -> dict:
+        """The Bundle answering `GET Patient/[id]/$access-history` (see `history.py`)."""
+        return access_history(self.store, patient, params, base_url)
+
+
+def _recorded(resource: dict, fallback: datetime) -> datetime:
+    try:
+        return date_parser.isoparse(resource["recorded"])
+    except (KeyError, TypeError, ValueError):
+        return fallback
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    return isinstance(exc, StorageConflict)
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    """A CAS miss, or a transaction the server aborted because of a concurrent write (the driver
+    labels those TransientTransactionError; checked by duck typing: no driver import here)."""
+    has_label = getattr(exc, "has_error_label", None)
+    return _is_conflict(exc) or (callable(has_label) and has_label("TransientTransactionError"))
+
+
+def _retry(action: Callable[[], T], retryable: Callable[[BaseException], bool]) -> T:
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            return action()
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            if attempt == MAX_ATTEMPTS - 1:
+                raise AuditChainConflict(f"the audit chain kept changing during {MAX_ATTEMPTS} attempts") from exc
+            # jittered backoff so that writers contending for one patient's chain spread out
+            time.sleep(random.uniform(0, min(0.002 * 2 ** attempt, 0.1)))
+    raise AssertionError("unreachable")
