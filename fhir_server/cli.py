@@ -91,6 +91,15 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from fhir_server.audit import verify_main
+
+    if not args.rest or args.rest[0] != "verify":
+        print("usage: fhir-server audit verify [--patient Patient/x]", file=sys.stderr)
+        return 2
+    return verify_main(args.rest[1:])
+
+
 def _token_parser(commands: argparse._SubParsersAction) -> None:
     token = commands.add_parser("token", help="print a development token (trusted only with FHIR_AUTH_DEV_ISSUER)")
     token.add_argument("--lifetime", type=int, default=8 * 3600, help="seconds (default 8 hours)")
@@ -120,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("paths", nargs="+")
     load.set_defaults(func=cmd_load)
     _token_parser(commands)
+    audit = commands.add_parser("audit", help="audit trail tools: `audit verify [--patient Patient/x]`")
+    audit.add_argument("rest", nargs=argparse.REMAINDER, help="verify [--patient Patient/x]")
+    audit.set_defaults(func=cmd_audit)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -136,6 +136,9 @@ class FhirServer:
         self.services: list[Any] = []
         # Called for every read, search, history and operation, and for refused requests.
         self.access_observers: list[Callable[[AccessEvent], None]] = []
+        # Business rules on searches of a type (e.g. ITI-67 requires patient and status):
+        # (ctx, resource_type, params) -> None, raising FhirError to refuse.
+        self.search_rules: list[Callable[[RequestContext, str, list[tuple[str, str]]], None]] = []
         for module in business_modules():
             module.install(self)
 
@@ -257,6 +260,9 @@ class FhirServer:
                 compartment: tuple[str, str] | None = None) -> dict:
         if resource_type is not None and ctx.access is not None:
             self.policy.check_interaction(ctx.access, resource_type, "search")
+        if resource_type is not None and compartment is None:
+            for rule in self.search_rules:
+                rule(ctx, resource_type, query)
         return self.search.search(resource_type, query, base_url=ctx.base_url, strict=ctx.strict_handling,
                                   extra_filter=self._access_filter(ctx),
                                   compartment=compartment)

@@ -81,9 +81,11 @@ class BundleProcessor:
         results: dict[int, Result] = {}
         ordered = sorted(entries, key=lambda e: METHOD_ORDER[e.method])
         writes = [e for e in ordered if e.method not in ("GET", "HEAD")]
-        with self.interactions.store.transaction() as session:
+        def run_writes(session: Any) -> None:
             for entry in writes:
                 results[entry.index] = self._guarded(entry, lambda e=entry: self._write(e, ctx, session))
+
+        self.interactions.store.run_in_transaction(run_writes)
         for entry in ordered:
             if entry.method in ("GET", "HEAD"):
                 results[entry.index] = self._guarded(entry, lambda e=entry: self._get(e, ctx))

@@ -87,6 +87,8 @@ class Interactions:
         # hooks run once it is stored, in the same transaction (audit, notifications, consent).
         self.write_rules: list[WriteHook] = []
         self.write_hooks: list[WriteHook] = []
+        # Types whose create is handled by their module (e.g. AuditEvent joins the audit chain).
+        self.create_overrides: dict[str, Callable[[dict, RequestContext, Session], Result]] = {}
 
     # -- read side ---------------------------------------------------------------------------
     def read(self, resource_type: str, resource_id: str, ctx: RequestContext, session: Session = None) -> Result:
@@ -134,6 +136,9 @@ class Interactions:
                 existing.status = 200
                 return existing
         self._check_body(resource_type, resource)
+        override = self.create_overrides.get(resource_type)
+        if override is not None:
+            return override(resource, ctx, session)
         return self._store_new(resource_type, resource_id or new_id(), resource, ctx, session, version=1)
 
     def _store_new(self, resource_type: str, resource_id: str, resource: dict, ctx: RequestContext,
@@ -396,13 +401,13 @@ class Interactions:
         return doc
 
     def _write(self, session: Session, action: Callable[[Session], None]) -> None:
-        """Run `action` in the caller's transaction, or in a new one."""
+        """Run `action` in the caller's transaction, or in a new one (retried as a whole on a
+        transient conflict)."""
         try:
             if session is not None:
                 action(session)
                 return
-            with self.store.transaction() as own:
-                action(own)
+            self.store.run_in_transaction(action)
         except StorageConflict as exc:
             raise error(409, "conflict", f"Concurrent modification: {exc}. Read the resource again and retry") \
                 from exc

@@ -135,7 +135,7 @@ class Router:
         interactions = self.server.interactions
         if_match = request.headers.get("if-match")
         if method == "GET":
-            result = interactions.read(resource_type, resource_id, ctx)
+            result = self.server.get(f"{resource_type}/{resource_id}", [], ctx)
             if _not_modified(request, result):
                 return HttpResponse(304, headers=_version_headers(result))
             if resource_type == "Binary" and _wants_raw_binary(request):

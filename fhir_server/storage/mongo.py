@@ -10,10 +10,10 @@ server refuses transaction bundles there rather than apply them half-way).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import pymongo
 from bson.codec_options import CodecOptions, TypeCodec, TypeRegistry
@@ -45,6 +45,7 @@ class _DecimalCodec(TypeCodec):
 CODEC_OPTIONS = CodecOptions(tz_aware=True, tzinfo=UTC, type_registry=TypeRegistry([_DecimalCodec()]))
 
 Session = ClientSession | None
+T = TypeVar("T")
 IndexSpec = Sequence[tuple[str, int]]
 
 
@@ -105,6 +106,15 @@ class MongoStore:
             return
         with self.client.start_session() as session, session.start_transaction():
             yield session
+
+    def run_in_transaction(self, action: Callable[[Session], T]) -> T:
+        """Run `action(session)` in a transaction, retried as a whole on transient errors (two
+        writers touching the same document, e.g. the audit chain head of one patient). Without
+        transactions, `action(None)` runs once."""
+        if not self.supports_transactions:
+            return action(None)
+        with self.client.start_session() as session:
+            return session.with_transaction(action)
 
     # -- current versions --------------------------------------------------------------------
     def get(self, resource_type: str, resource_id: str, session: Session = None,

@@ -38,7 +38,7 @@ def test_transaction_rewrites_urn_uuid_references(client):
 
 
 def test_transaction_is_atomic(client):
-    before = client.get("/fhir/_history", params={"_count": "1"}).json()["total"]
+    before = client.get("/fhir/Patient/_history", params={"_count": "1"}).json()["total"]
     bundle = transaction(
         post("urn:uuid:aaaaaaaa-0000-4000-8000-000000000001", {"resourceType": "Patient", "active": True}),
         {"request": {"method": "PUT", "url": "Patient/will-fail"},
@@ -47,14 +47,14 @@ def test_transaction_is_atomic(client):
     response = client.post("/fhir", json=bundle)
     assert response.status_code == 400
     assert any(e.startswith("Bundle.entry[1]") for e in issue_expressions(response.json()))
-    after = client.get("/fhir/_history", params={"_count": "1"}).json()["total"]
+    after = client.get("/fhir/Patient/_history", params={"_count": "1"}).json()["total"]
     assert after == before
     assert client.get("/fhir/Patient/will-fail").status_code == 404
 
 
 def test_transaction_rollback_on_failing_later_entry(client):
     created = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()
-    before = client.get("/fhir/_history", params={"_count": "1"}).json()["total"]
+    before = client.get("/fhir/Patient/_history", params={"_count": "1"}).json()["total"]
     bundle = transaction(
         post("urn:uuid:bbbbbbbb-0000-4000-8000-000000000001", {"resourceType": "Patient", "active": True}),
         {"request": {"method": "DELETE", "url": f"Patient/{created['id']}"}},
@@ -64,7 +64,7 @@ def test_transaction_rollback_on_failing_later_entry(client):
     response = client.post("/fhir", json=bundle)
     assert response.status_code == 412
     assert client.get(f"/fhir/Patient/{created['id']}").status_code == 200        # delete rolled back
-    assert client.get("/fhir/_history", params={"_count": "1"}).json()["total"] == before
+    assert client.get("/fhir/Patient/_history", params={"_count": "1"}).json()["total"] == before
 
 
 def test_transaction_processing_order_and_get(client):

@@ -140,7 +140,7 @@ def test_prefer_return(client):
 
 
 def test_invalid_resource_is_rejected_with_expression_and_not_stored(client):
-    before = client.get("/fhir/_history", params={"_count": "1"}).json()["total"]
+    before = client.get("/fhir/Patient/_history", params={"_count": "1"}).json()["total"]
     bad = patient(birthDate="1984-13-45", gender="unknown-value", foo=1)
     response = client.post("/fhir/Patient", json=bad)
     assert response.status_code == 400
@@ -148,7 +148,7 @@ def test_invalid_resource_is_rejected_with_expression_and_not_stored(client):
     assert "Patient.birthDate" in expressions
     assert "Patient.gender" in expressions
     assert "Patient.foo" in expressions
-    after = client.get("/fhir/_history", params={"_count": "1"}).json()["total"]
+    after = client.get("/fhir/Patient/_history", params={"_count": "1"}).json()["total"]
     assert after == before
 
 
