@@ -86,7 +86,9 @@ class AccessPolicy:
         patients = self.patients_of(resource_type, resource, index)
         if not patients:
             return None
-        state = self._state_of(patients, session)
+        # Professionals never read AuditEvents, so their consent tokens would be dead weight:
+        # skip the consent-state read on the audit hot path.
+        state = ConsentState() if resource_type == "AuditEvent" else self._state_of(patients, session)
         labels = _labels(resource)
         own = [f"class:{c}" for c in self.matrix.classes_of(resource)]
         if MASKED_FROM_PROFESSIONALS in labels:

@@ -77,7 +77,16 @@ class AuditTrail:
         ids. With a session, they are written in the caller's transaction, so a write and its
         audit commit or fail together; a chain conflict then surfaces as the transaction's
         transient write conflict and the caller retries the whole transaction."""
-        return [self._append(built, session) for built in build_events(record, self.server_name)]
+        events = build_events(record, self.server_name)
+        if session is not None or len(events) == 1:
+            return [self._append(built, session) for built in events]
+        # A search over many patients: all its events in one transaction (one commit, not one
+        # per patient), retried as a whole when a chain head moved under us.
+        return _retry(lambda: self._all_in_own_transaction(events), _is_retryable)
+
+    def _all_in_own_transaction(self, events: list[BuiltEvent]) -> list[str]:
+        with self.store.transaction() as own:
+            return [self._link_and_store(built, own) for built in events]
 
     def append(self, event: dict, session: Session = None) -> str:
         """Chain and store an AuditEvent built elsewhere (e.g. received through `POST AuditEvent`,
