@@ -98,6 +98,12 @@ def _trusted_issuers(settings: Settings) -> list[TrustedIssuer]:
     return issuers
 
 
+def _same_definition(known: dict | None, new: dict) -> bool:
+    def essence(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in ("meta", "id", "text")}
+    return known is not None and essence(known) == essence(new)
+
+
 def _patient_of(consent: dict) -> str | None:
     reference = (consent.get("patient") or {}).get("reference")
     if not isinstance(reference, str) or "Patient/" not in reference:
@@ -140,7 +146,8 @@ class FhirServer:
         # (ctx, resource_type, params) -> None, raising FhirError to refuse.
         self.search_rules: list[Callable[[RequestContext, str, list[tuple[str, str]]], None]] = []
         for module in business_modules():
-            module.install(self)
+            if hasattr(module, "install"):
+                module.install(self)
 
     def start(self) -> None:
         self.store.ping()
@@ -148,6 +155,7 @@ class FhirServer:
         for collection, extra in self.extra_indexes.items():
             specs.setdefault(collection, []).extend(extra)
         self.store.ensure_collections(specs)
+        self._register_stored_search_parameters()
         for hook in self.startup_hooks:
             hook()
         for service in self.services:
@@ -169,11 +177,32 @@ class FhirServer:
     def _on_write(self, event: WriteEvent) -> None:
         if event.resource_type in IDENTITY_TYPES:
             self.policy.identities_changed()
+        if event.resource_type == "SearchParameter" and event.new is not None:
+            self._register_search_parameter(event.new)
         if event.resource_type == "Consent":
             for patient in {_patient_of(r) for r in (event.old, event.new) if r is not None} - {None}:
                 consents = [d["resource"] for d in self.store.find("Consent", {"_acl.patients": patient},
                                                                     session=event.session)]
                 self.policy.refresh_consent_state(patient, consents, event.session)
+
+    def _register_search_parameter(self, definition: dict) -> None:
+        """A SearchParameter written at runtime is compiled (an invalid one aborts its write with
+        400), indexed, and existing resources of its base types are reindexed."""
+        if definition.get("status") == "retired" or _same_definition(
+                self.search_registry.definition(definition.get("url", "")), definition):
+            return
+        types = self.search_registry.register(definition)
+        specs = self.search_registry.index_specs()
+        self.store.ensure_collections({t: specs.get(t, []) for t in types})
+        self.search.reindex(types)
+
+    def _register_stored_search_parameters(self) -> None:
+        """At start: SearchParameters POSTed at runtime live in the store; compile them again."""
+        for doc in self.store.find("SearchParameter", {}):
+            definition = doc["resource"]
+            if definition.get("status") != "retired" and self.search_registry.definition(definition.get("url", "")) \
+                    is None:
+                self.search_registry.register(definition)
 
     # -- GET dispatch (REST layer and GET entries of bundles) --------------------------------
     def get(self, path: str, query: list[tuple[str, str]], ctx: RequestContext) -> Result:
