@@ -74,10 +74,10 @@ class BundleProcessor:
                         "transactions); this database is a standalone server. Use a batch, or a replica set.")
         entries = [self._parse_entry(i, raw) for i, raw in enumerate(raw_entries)]
         _check_unique_full_urls(raw_entries)
-        references = self._assign_identities(entries)
+        references = self._assign_identities(entries, ctx)
         for entry in entries:
             if "resource" in entry.raw:
-                entry.raw = {**entry.raw, "resource": self._resolve_references(entry, references)}
+                entry.raw = {**entry.raw, "resource": self._resolve_references(entry, references, ctx)}
         results: dict[int, Result] = {}
         ordered = sorted(entries, key=lambda e: METHOD_ORDER[e.method])
         writes = [e for e in ordered if e.method not in ("GET", "HEAD")]
@@ -92,47 +92,47 @@ class BundleProcessor:
         return {"resourceType": "Bundle", "type": "transaction-response",
                 "entry": [_response_entry(results[e.index], ctx) for e in entries]}
 
-    def _assign_identities(self, entries: list[_Entry]) -> dict[str, str]:
+    def _assign_identities(self, entries: list[_Entry], ctx: RequestContext) -> dict[str, str]:
         """fullUrl -> `Type/id` for every entry that creates or updates a resource."""
         references: dict[str, str] = {}
         for entry in entries:
             full_url = entry.raw.get("fullUrl")
             target: str | None = None
             if entry.method == "POST":
-                target = self._identity_for_create(entry)
+                target = self._identity_for_create(entry, ctx)
             elif entry.method == "PUT":
-                target = self._identity_for_update(entry)
+                target = self._identity_for_update(entry, ctx)
             if full_url and target:
                 references[full_url] = target
         return references
 
-    def _identity_for_create(self, entry: _Entry) -> str:
+    def _identity_for_create(self, entry: _Entry, ctx: RequestContext) -> str:
         condition = entry.raw["request"].get("ifNoneExist")
         if condition:
-            matches = self._guarded_search(entry, query_items(condition))
+            matches = self._guarded_search(entry, query_items(condition), ctx)
             if len(matches) == 1:
                 entry.raw = {**entry.raw, "_existing": matches[0]}
                 return f"{entry.resource_type}/{matches[0]}"
         entry.resource_id = new_id()
         return f"{entry.resource_type}/{entry.resource_id}"
 
-    def _identity_for_update(self, entry: _Entry) -> str:
+    def _identity_for_update(self, entry: _Entry, ctx: RequestContext) -> str:
         if entry.resource_id:
             return f"{entry.resource_type}/{entry.resource_id}"
-        matches = self._guarded_search(entry, entry.query)
+        matches = self._guarded_search(entry, entry.query, ctx)
         if len(matches) > 1:
             raise _at(entry, error(412, "conflict", "The conditional update matches several resources"))
         body_id = (entry.raw.get("resource") or {}).get("id")
         entry.resource_id = matches[0] if matches else body_id or new_id()
         return f"{entry.resource_type}/{entry.resource_id}"
 
-    def _guarded_search(self, entry: _Entry, query: list[tuple[str, str]]) -> list[str]:
+    def _guarded_search(self, entry: _Entry, query: list[tuple[str, str]], ctx: RequestContext) -> list[str]:
         try:
-            return self.interactions.search.matching_ids(entry.resource_type, query, limit=2)
+            return self.interactions.matching(ctx, entry.resource_type, query)
         except FhirError as exc:
             raise _at(entry, exc) from None
 
-    def _resolve_references(self, entry: _Entry, references: dict[str, str]) -> dict:
+    def _resolve_references(self, entry: _Entry, references: dict[str, str], ctx: RequestContext) -> dict:
         """Rewrite references to bundle entries (urn:uuid:, fullUrl) and resolve conditional
         references (`Patient?identifier=...`) to the one resource they match."""
 
@@ -142,7 +142,7 @@ class BundleProcessor:
                 for key, value in node.items():
                     child = f"{path}.{key}"
                     if key == "reference" and isinstance(value, str):
-                        out[key] = self._resolve_one(entry, value, references, child)
+                        out[key] = self._resolve_one(entry, value, references, child, ctx)
                     else:
                         out[key] = rewrite(value, child)
                 return out
@@ -154,7 +154,8 @@ class BundleProcessor:
 
         return rewrite(entry.raw["resource"], f"{entry.where}.resource")
 
-    def _resolve_one(self, entry: _Entry, value: str, references: dict[str, str], path: str) -> str:
+    def _resolve_one(self, entry: _Entry, value: str, references: dict[str, str], path: str,
+                     ctx: RequestContext) -> str:
         if value in references:
             return references[value]
         if value.startswith(("urn:uuid:", "urn:oid:")):
@@ -162,7 +163,7 @@ class BundleProcessor:
                                    f"The reference {value} points at no entry of this transaction", path))
         head, _, query = value.partition("?")
         if query and "/" not in head and self.definitions.is_resource_type(head):
-            matches = self.interactions.search.matching_ids(head, query_items(query), limit=2)
+            matches = self.interactions.matching(ctx, head, query_items(query))
             if len(matches) != 1:
                 found = "no resource" if not matches else "several resources"
                 raise _at(entry, error(404 if not matches else 412, "not-found" if not matches else "conflict",

@@ -48,7 +48,8 @@ MAX_HISTORY_COUNT = 1000
 
 
 class Search(Protocol):
-    def matching_ids(self, resource_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[str]: ...
+    def matching_ids(self, resource_type: str, params: list[tuple[str, str]], limit: int = 2,
+                     extra_filter: Any = None) -> list[str]: ...
 
 
 class Indexer(Protocol):
@@ -56,6 +57,8 @@ class Indexer(Protocol):
 
 
 Validate = Callable[[dict, str], list[Issue]]
+
+
 @dataclass
 class WriteEvent:
     """One write, as business modules see it: before it is stored (rules may refuse it by raising
@@ -127,7 +130,7 @@ class Interactions:
                resource_id: str | None = None) -> Result:
         self._guard(ctx, resource_type, "create")
         if if_none_exist:
-            matches = self.search.matching_ids(resource_type, _query_items(if_none_exist), limit=2)
+            matches = self.matching(ctx, resource_type, _query_items(if_none_exist))
             if len(matches) > 1:
                 raise precondition_failed(
                     f"If-None-Exist '{if_none_exist}' matches {len(matches)} resources; it must match at most one")
@@ -215,7 +218,7 @@ class Interactions:
 
     def conditional_update(self, resource_type: str, query: list[tuple[str, str]], resource: Any,
                            ctx: RequestContext, session: Session = None) -> Result:
-        matches = self._conditional_matches(resource_type, query, "update")
+        matches = self._conditional_matches(ctx, resource_type, query, "update")
         self._check_body(resource_type, resource)
         body_id = resource.get("id")
         if not matches:
@@ -230,10 +233,16 @@ class Interactions:
         resource = {**resource, "id": matches[0]} if body_id is None else resource
         return self.update(resource_type, matches[0], _with_id_first(resource), ctx, session=session)
 
-    def _conditional_matches(self, resource_type: str, query: list[tuple[str, str]], what: str) -> list[str]:
+    def matching(self, ctx: RequestContext, resource_type: str, query: list[tuple[str, str]]) -> list[str]:
+        """At most two ids matching the criteria among what the caller may see."""
+        return self.search.matching_ids(resource_type, query, limit=2,
+                                        extra_filter=lambda t: self.read_filter(ctx, t))
+
+    def _conditional_matches(self, ctx: RequestContext, resource_type: str, query: list[tuple[str, str]],
+                             what: str) -> list[str]:
         if not query:
             raise bad_request(f"A conditional {what} needs search criteria in the URL")
-        matches = self.search.matching_ids(resource_type, query, limit=2)
+        matches = self.matching(ctx, resource_type, query)
         if len(matches) > 1:
             raise precondition_failed(
                 f"The criteria of this conditional {what} match several {resource_type} resources; "
@@ -256,7 +265,7 @@ class Interactions:
 
     def conditional_patch(self, resource_type: str, query: list[tuple[str, str]], patch_body: Any,
                           patch_format: str, ctx: RequestContext, session: Session = None) -> Result:
-        matches = self._conditional_matches(resource_type, query, "patch")
+        matches = self._conditional_matches(ctx, resource_type, query, "patch")
         if not matches:
             raise not_found(f"No {resource_type} matches the criteria of this conditional patch")
         return self.patch(resource_type, matches[0], patch_body, patch_format, ctx, session=session)
@@ -301,7 +310,7 @@ class Interactions:
 
     def conditional_delete(self, resource_type: str, query: list[tuple[str, str]], ctx: RequestContext,
                            session: Session = None) -> Result:
-        matches = self._conditional_matches(resource_type, query, "delete")
+        matches = self._conditional_matches(ctx, resource_type, query, "delete")
         if not matches:
             return Result(200, {"resourceType": "OperationOutcome", "issue": [{
                 "severity": "information", "code": "not-found",

@@ -277,16 +277,19 @@ class SearchService:
         return links
 
     # -- conditional interactions ----------------------------------------------------------------
-    def matching_ids(self, resource_type: str, params: list[tuple[str, str]], limit: int = 2) -> list[str]:
+    def matching_ids(self, resource_type: str, params: list[tuple[str, str]], limit: int = 2,
+                     extra_filter: ExtraFilter = None) -> list[str]:
         """Ids matching a conditional create/update/delete/patch or a conditional reference.
-        Unknown parameters are an error here: ignoring one could pick the wrong resource."""
+        Unknown parameters are an error here: ignoring one could pick the wrong resource.
+        `extra_filter` (the caller's access filter) keeps hidden resources out of the match, so
+        that a conditional write cannot reveal what the caller may not see."""
         if resource_type not in self.registry.known_types:
             raise bad_request(f"Unknown resource type {resource_type!r}")
         request = parse_request(params, strict=True)
         if not request.criteria:
             raise bad_request("A conditional operation needs at least one search parameter")
-        compiler = self._compiler("", None, True, request.warnings)
-        query = compiler.compile(resource_type, request.criteria)
+        compiler = self._compiler("", extra_filter, True, request.warnings)
+        query = and_filters(compiler.compile(resource_type, request.criteria), extra_for(extra_filter, resource_type))
         return [d["_id"] for d in self.store.find(resource_type, query, [("_id", 1)], limit, {"_id": 1})]
 
     # -- reindex ---------------------------------------------------------------------------------

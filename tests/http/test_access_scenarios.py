@@ -237,3 +237,15 @@ def test_patient_cannot_write_to_another_record(client, world, issuer_dir):
     assert client.post("/fhir/DocumentReference", json=own, headers=headers).status_code == 201
     other = {**own, "subject": {"reference": "Patient/pat-c"}}
     assert client.post("/fhir/DocumentReference", json=other, headers=headers).status_code == 403
+
+
+def test_conditional_operations_do_not_reveal_hidden_resources(client, world, issuer_dir):
+    blocked = practitioner(issuer_dir, BLOCKED)
+    response = client.post("/fhir/Patient", json={"resourceType": "Patient"}, headers={
+        **blocked, "If-None-Exist": f"identifier={INS}|{INS_A}"})
+    assert response.status_code == 201                          # pat-a is not matched, nor returned
+    assert response.json()["id"] != "pat-a"
+    patch = client.patch("/fhir/DocumentReference?_id=a-masked", json=[{"op": "add", "path": "/description",
+                                                                         "value": "x"}],
+                         headers={**practitioner(issuer_dir, DOCTOR), "Content-Type": "application/json-patch+json"})
+    assert patch.status_code == 404
