@@ -70,19 +70,25 @@ def http_crud(base: str, operations: int, clients: int, headers: dict[str, str])
 def main(operations: int = 500) -> None:
     print(f"CRUD benchmark: {operations} operations per workload; server and database on this machine")
     issuer = BenchIssuer()
-    with database() as uri:
-        name = "bench_" + uuid.uuid4().hex[:8]
-        with server(uri, name, issuer.env) as base:
-            rows: list[Figures] = []
-            for clients in (1, 8):
-                rows += raw_pymongo(uri, name, operations, clients)
-                rows += http_crud(base, operations, clients, issuer.system())
-        pymongo.MongoClient(uri).drop_database(name)
+    for audit in ("on", "off"):
+        with database() as uri:
+            name = "bench_" + uuid.uuid4().hex[:8]
+            with server(uri, name, {**issuer.env, "FHIR_AUDIT": audit}) as base:
+                rows: list[Figures] = []
+                for clients in (1, 8):
+                    rows += raw_pymongo(uri, name, operations, clients)
+                    rows += http_crud(base, operations, clients, issuer.system())
+            pymongo.MongoClient(uri).drop_database(name)
+        print(f"\naudit {audit}:")
+        report(rows)
+
+
+def report(rows: list[Figures]) -> None:
     print(HEADER)
     for figures in rows:
         print(figures.row())
     floor = {(f.name.split()[1], f.clients): f.throughput for f in rows if f.name.startswith("pymongo")}
-    print("\nratio of HTTP throughput to the raw pymongo floor:")
+    print("ratio of HTTP throughput to the raw pymongo floor:")
     for f in rows:
         if f.name.startswith("HTTP"):
             reference = floor[("insert_one", f.clients)] if "create" in f.name or "update" in f.name \
