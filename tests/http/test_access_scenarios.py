@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fhir_server.access.devissuer import patient_claims, practitioner_claims
+from tests.documents import pdsm_document
 from tests.http.conftest import bearer
 
 INS = "urn:oid:1.2.250.1.213.1.4.8"
@@ -19,18 +20,7 @@ DOCTOR, PHYSIO, BLOCKED, AUTHORISED = "10000000001", "10000000002", "10000000003
 
 
 def document(doc_id: str, patient: str, author: str, *, klass: str | None = None, label: str | None = None) -> dict:
-    resource = {
-        "resourceType": "DocumentReference", "id": doc_id, "status": "current",
-        "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]},
-        "subject": {"reference": f"Patient/{patient}"},
-        "author": [{"reference": f"Practitioner/{author}"}],
-        "content": [{"attachment": {"contentType": "text/plain", "title": doc_id}}],
-    }
-    if klass:
-        resource["category"] = [{"coding": [{"system": CLASS, "code": klass}]}]
-    if label:
-        resource["securityLabel"] = [{"coding": [{"system": VISIBILITY, "code": label}]}]
-    return resource
+    return pdsm_document(doc_id, patient, f"Practitioner/{author}", klass=klass, label=label)
 
 
 def consent(consent_id: str, patient: str, provision: dict) -> dict:
@@ -154,8 +144,8 @@ def test_emergency_access(client, world, issuer_dir):
 
 def test_search_totals_and_pages_obey_the_decision(client, world, issuer_dir):
     physio = practitioner(issuer_dir, PHYSIO, "70")
-    bundle = client.get("/fhir/DocumentReference", params={"patient": "pat-a", "_total": "accurate", "_count": "1"},
-                        headers=physio).json()
+    params = {"patient": "pat-a", "status": "current", "_total": "accurate", "_count": "1"}
+    bundle = client.get("/fhir/DocumentReference", params=params, headers=physio).json()
     assert bundle["total"] == 3
     seen = []
     while True:
@@ -169,7 +159,8 @@ def test_search_totals_and_pages_obey_the_decision(client, world, issuer_dir):
 
 def test_include_and_revinclude_obey_the_decision(client, world, issuer_dir):
     blocked = practitioner(issuer_dir, BLOCKED)
-    params = {"_id": "a-consent-masked", "_include": "DocumentReference:subject"}
+    params = {"patient": "pat-a", "status": "current", "_id": "a-consent-masked",
+              "_include": "DocumentReference:subject"}
     bundle = client.get("/fhir/DocumentReference", params=params, headers=blocked).json()
     ids = {e["resource"]["id"] for e in bundle.get("entry", [])}
     assert ids == {"a-consent-masked"}                                          # the blocked patient is not included
@@ -191,7 +182,7 @@ def test_history_and_vread_obey_the_decision(client, world, issuer_dir):
 
 def test_chain_and_has_obey_the_decision(client, world, issuer_dir):
     blocked = practitioner(issuer_dir, BLOCKED)
-    bundle = client.get("/fhir/DocumentReference", params={"patient.identifier": f"{INS}|{INS_A}"},
+    bundle = client.get("/fhir/DocumentReference", params={"patient.identifier": f"{INS}|{INS_A}", "status": "current"},
                         headers=blocked).json()
     assert {e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"} == set()
     bundle = client.get("/fhir/Patient", params={"_has:DocumentReference:subject:_id": "a-masked"},
@@ -211,7 +202,7 @@ def test_compartment_and_everything_obey_the_decision(client, world, issuer_dir)
 def test_transaction_reads_obey_the_decision(client, world, issuer_dir):
     bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
         {"request": {"method": "GET", "url": "DocumentReference/a-masked"}},
-        {"request": {"method": "GET", "url": "DocumentReference?patient=pat-a"}},
+        {"request": {"method": "GET", "url": "DocumentReference?patient=pat-a&status=current"}},
     ]}
     result = client.post("/fhir", json=bundle, headers=practitioner(issuer_dir, DOCTOR)).json()
     assert result["entry"][0]["response"]["status"].startswith("404")
@@ -232,11 +223,11 @@ def test_consent_change_takes_effect_on_next_request(client, world, issuer_dir):
 
 def test_patient_cannot_write_to_another_record(client, world, issuer_dir):
     headers = bearer(issuer_dir, patient_claims(INS_A))
-    own = {**document("x", "pat-a", f"ps-{DOCTOR}")}
-    own.pop("id")
-    assert client.post("/fhir/DocumentReference", json=own, headers=headers).status_code == 201
-    other = {**own, "subject": {"reference": "Patient/pat-c"}}
-    assert client.post("/fhir/DocumentReference", json=other, headers=headers).status_code == 403
+    weight = {"resourceType": "Observation", "status": "final", "code": {"text": "Poids (automesure)"},
+              "subject": {"reference": "Patient/pat-a"}, "valueQuantity": {"value": 61.5, "unit": "kg"}}
+    assert client.post("/fhir/Observation", json=weight, headers=headers).status_code == 201
+    other = {**weight, "subject": {"reference": "Patient/pat-c"}}
+    assert client.post("/fhir/Observation", json=other, headers=headers).status_code == 403
 
 
 def test_conditional_operations_do_not_reveal_hidden_resources(client, world, issuer_dir):

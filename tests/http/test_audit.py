@@ -13,6 +13,7 @@ import pytest
 
 from fhir_server.access.devissuer import patient_claims, practitioner_claims
 from fhir_server.audit import verify_main
+from tests.documents import pdsm_document
 from tests.http.conftest import bearer
 
 INS = "urn:oid:1.2.250.1.213.1.4.8"
@@ -51,12 +52,9 @@ def record(client):
                                                  "identifier": [{"system": INS, "value": ins}]})
     for doc_id, patient, label in (("aud-doc-a", "aud-a", None), ("aud-doc-b", "aud-b", None),
                                    ("aud-masked", "aud-a", "MASQUE_PS")):
-        document = {"resourceType": "DocumentReference", "id": doc_id, "status": "current",
-                    "subject": {"reference": f"Patient/{patient}"},
-                    "content": [{"attachment": {"contentType": "text/plain", "title": f"Compte rendu {doc_id}"}}]}
-        if label:
-            document["securityLabel"] = [{"coding": [{"system": VISIBILITY, "code": label}]}]
-        client.put(f"/fhir/DocumentReference/{doc_id}", json=document)
+        document = pdsm_document(doc_id, patient, "Practitioner/aud-author", label=label,
+                                 title=f"Compte rendu {doc_id}")
+        assert client.put(f"/fhir/DocumentReference/{doc_id}", json=document).status_code in (200, 201)
 
 
 def practitioner(issuer_dir, rpps: str, profession: str, **extra) -> dict:
@@ -80,7 +78,7 @@ def test_read_by_professional_is_audited(client, record, issuer_dir):
 def test_search_over_two_patients_gives_one_event_per_patient(client, record, issuer_dir):
     doctor = practitioner(issuer_dir, DOCTOR, "10")
     since = now()
-    client.get("/fhir/DocumentReference", params={"_id": "aud-doc-a,aud-doc-b"}, headers=doctor)
+    client.get("/fhir/DocumentReference", params={"patient": "aud-a,aud-b", "status": "current"}, headers=doctor)
     searches_a = events(client, "Patient/aud-a", since, DOCTOR)
     searches_b = events(client, "Patient/aud-b", since, DOCTOR)
     assert [subtype(e) for e in searches_a + searches_b] == ["search-type", "search-type"]
