@@ -285,6 +285,14 @@ class FhirServer:
             return Result(200, self._search(rest[1], query, ctx, compartment=(resource_type, resource_id)))
         raise error(404, "not-found", f"Unknown path {path}")
 
+    def search_as(self, ctx: RequestContext, resource_type: str, params: list[tuple[str, str]]) -> dict:
+        """A search with the caller's rights (scopes and access filter) as one step of an
+        operation: the operation is audited as a whole, its inner look-ups are not separate
+        accesses, and searches rules for clients (e.g. ITI-67's) do not apply to them."""
+        if ctx.access is not None:
+            self.policy.check_interaction(ctx.access, resource_type, "search")
+        return self.search.search(resource_type, params, base_url=ctx.base_url, extra_filter=self._access_filter(ctx))
+
     def _search(self, resource_type: str | None, query: list[tuple[str, str]], ctx: RequestContext,
                 compartment: tuple[str, str] | None = None) -> dict:
         if resource_type is not None and ctx.access is not None:

@@ -53,6 +53,7 @@ CONFORMANCE_TYPES = frozenset({
 })
 
 IDENTITY_CACHE_SECONDS = 30
+PRIVATE_TO_PARTICIPANTS = frozenset({"Communication"})
 IDENTITY_TYPES = frozenset({"Patient", "Practitioner", "PractitionerRole", "Organization"})
 
 Lookup = Callable[[str, list[tuple[str, str]]], list[str]]      # (type, search params) -> ids
@@ -95,27 +96,32 @@ class AccessPolicy:
             own.append(MASKED)
         if INVISIBLE_TO_PATIENT in labels:
             own.append(INVISIBLE)
-        return {
+        acl = {
             "patients": patients,
             "authors": sorted(_authors(resource)),
             "authorised": sorted(state.authorised),
             "own": sorted(own),
             "consent": _consent_tokens(state, f"{resource_type}/{resource.get('id')}"),
         }
+        if resource_type in PRIVATE_TO_PARTICIPANTS:
+            acl["participants"] = sorted(_participants(resource))
+        return acl
 
     def patients_of(self, resource_type: str, resource: dict, index: dict) -> list[str]:
         if resource_type == "Patient":
             return [f"Patient/{resource.get('id')}"]
+        if resource_type == "Bundle" and resource.get("type") == "document":
+            # a persisted document (e.g. the VSM) belongs to the subject of its Composition
+            first = ((resource.get("entry") or [{}])[0] or {}).get("resource") or {}
+            return _patient_refs([(first.get("subject") or {}).get("reference")])
         params = self.compartment_params.get(resource_type)
         if not params:
             return []
-        found: set[str] = set()
+        values: list[object] = []
         for param in params:
-            values = index.get(param)
-            for value in values if isinstance(values, list) else [values]:
-                if isinstance(value, str) and "Patient/" in value:
-                    found.add("Patient/" + value.rsplit("Patient/", 1)[1])
-        return sorted(found)
+            found = index.get(param)
+            values += found if isinstance(found, list) else [found]
+        return _patient_refs(values)
 
     def _state_of(self, patients: list[str], session: Any) -> ConsentState:
         merged = ConsentState()
@@ -219,6 +225,9 @@ class AccessPolicy:
             return {"$or": [REFERENCE_DATA, own_record]}
         if resource_type == "AuditEvent":
             return NOTHING                 # professionals never read the audit trail
+        if resource_type in PRIVATE_TO_PARTICIPANTS:
+            # a message is read by its sender and recipients only, whatever else they may see
+            return {"$and": [self._practitioner_filter(access, actor), {"_acl.participants": {"$in": access.keys}}]}
         return self._practitioner_filter(access, actor)
 
     def _practitioner_filter(self, access: RequestAccess, actor: Actor) -> dict:
@@ -285,6 +294,21 @@ def _consent_tokens(state: ConsentState, reference: str | None) -> list[str]:
     if reference == "masked" or reference in state.masked:
         tokens.add(MASKED)
     return sorted(tokens)
+
+
+def _patient_refs(values: Iterable[object]) -> list[str]:
+    return sorted({"Patient/" + v.rsplit("Patient/", 1)[1] for v in values if isinstance(v, str) and "Patient/" in v})
+
+
+def _participants(resource: dict) -> set[str]:
+    contained = contained_by_id(resource)
+    keys: set[str] = set()
+    for element in ("sender", "recipient"):
+        value = resource.get(element)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                keys |= keys_of_reference(item, contained)
+    return keys
 
 
 def _labels(resource: dict) -> list[str]:

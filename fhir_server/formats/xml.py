@@ -97,17 +97,19 @@ def _new_parser() -> etree.XMLParser:
     )
 
 
-def _parse_safely(data: bytes, what: str, expr: str = "") -> etree._Element:
+def parse_xml_safely(data: bytes, what: str, expr: str = "", status: int = 400) -> etree._Element:
+    """Parse untrusted XML (FHIR XML, CDA): no DTD, no entities, no network, no huge trees. A
+    refusal is a FhirError with `status` whose diagnostics start with `what`."""
     refusal = f"{what} contains a DOCTYPE or entity declaration, which is not allowed"
     if _DTD_MARKUP.search(data):
-        raise bad_request(refusal, expr)
+        raise error(status, "invalid", refusal, expr)
     try:
         root = etree.fromstring(data, _new_parser())
     except (etree.XMLSyntaxError, ValueError) as exc:
-        raise bad_request(f"{what} is not well-formed XML: {exc}", expr) from exc
+        raise error(status, "invalid", f"{what} is not well-formed XML: {exc}", expr) from exc
     docinfo = root.getroottree().docinfo
     if docinfo.doctype or docinfo.internalDTD is not None:
-        raise bad_request(refusal, expr)
+        raise error(status, "invalid", refusal, expr)
     return root
 
 
@@ -124,7 +126,7 @@ def xml_to_resource(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Parse a FHIR XML resource into its JSON representation (decimals as `Decimal`)."""
     if len(data) > max_bytes:
         raise error(413, "too-costly", f"The XML body is {len(data)} bytes; at most {max_bytes} are accepted")
-    root = _parse_safely(data, "The body")
+    root = parse_xml_safely(data, "The body")
     _, local = _split_tag(root.tag)
     return _read_resource(root, local)
 
@@ -404,7 +406,7 @@ def _string_to_xhtml(text: Any, expr: str) -> etree._Element:
     # The wrapper makes the xhtml namespace the default, so a div written without xmlns still
     # lands in it; an explicit xmlns on the div wins.
     wrapped = f'<wrapper xmlns="{XHTML_NS}">{text}</wrapper>'.encode()
-    wrapper = _parse_safely(wrapped, "The narrative", expr)
+    wrapper = parse_xml_safely(wrapped, "The narrative", expr)
     _reject_text(wrapper.text, expr)
     children = list(wrapper)
     if len(children) != 1 or children[0].tag != f"{{{XHTML_NS}}}div":

@@ -4,6 +4,7 @@ and preferences, results to status, headers and body. Knows HTTP, not FastAPI.""
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
@@ -138,8 +139,8 @@ class Router:
             result = self.server.get(f"{resource_type}/{resource_id}", [], ctx)
             if _not_modified(request, result):
                 return HttpResponse(304, headers=_version_headers(result))
-            if resource_type == "Binary" and _wants_raw_binary(request):
-                return _raw_binary(result)
+            if resource_type == "Binary":
+                return self._binary(result, request, fmt, pretty)
             return self._respond(result, request, fmt, pretty)
         if method == "PUT":
             body = self._resource_body(request, resource_type, resource_id)
@@ -154,6 +155,17 @@ class Router:
             return self._respond(result, request, fmt, pretty, ctx)
         raise _method_not_allowed(request.method, request.path)
 
+    def _binary(self, result: Result, request: HttpRequest, fmt: str, pretty: bool) -> HttpResponse:
+        """A Binary read (ITI-68): the document in its own media type, or the Binary resource when
+        FHIR JSON / XML is asked for. A large document kept outside the resource is streamed."""
+        content = getattr(self.server, "binary_content", None)      # set by fhir_server.mhd
+        head_only = request.method == "HEAD"
+        if _wants_raw_binary(request):
+            return _raw_binary(result, content, head_only)
+        if content is None or not content.is_external(result.body or {}):
+            return self._respond(result, request, fmt, pretty)
+        return _streamed_binary_resource(result, content, fmt, pretty, head_only)
+
     def _operation(self, request: HttpRequest, segments: list[str], ctx: RequestContext, fmt: str,
                    pretty: bool) -> HttpResponse:
         name = segments[-1][1:]
@@ -165,7 +177,12 @@ class Router:
             raise error(404, "not-found", f"Unknown path {request.path}")
         body = None
         if request.method == "POST" and request.body.strip():
-            body = parse_body(request.body, request.headers.get("content-type"), self.server.settings.max_body_bytes)
+            content_type = media_type(request.headers.get("content-type"))
+            if content_type and content_type not in JSON_TYPES | XML_TYPES:
+                body = _as_binary(request)         # e.g. a raw CDA document for $import-cda
+            else:
+                body = parse_body(request.body, request.headers.get("content-type"),
+                                  self.server.settings.max_body_bytes)
         query = [(k, v) for k, v in request.query if k not in FORMAT_PARAMS]
         call = OperationCall(name, resource_type, resource_id, request.method, query, body, ctx)
         return self._respond(self.server.call_operation(call), request, fmt, pretty)
@@ -175,12 +192,7 @@ class Router:
         content_type = media_type(request.headers.get("content-type"))
         if resource_type == "Binary" and content_type and content_type not in JSON_TYPES | XML_TYPES:
             # A raw document posted to /Binary: wrap it (http://hl7.org/fhir/R4/binary.html#rest)
-            binary: dict[str, Any] = {"resourceType": "Binary"}
-            if resource_id:
-                binary["id"] = resource_id
-            binary["contentType"] = request.headers.get("content-type", "")
-            binary["data"] = base64.b64encode(request.body).decode()
-            return binary
+            return _as_binary(request, resource_id)
         return parse_body(request.body, request.headers.get("content-type"), self.server.settings.max_body_bytes)
 
     def _patch_body(self, request: HttpRequest) -> tuple[Any, str]:
@@ -288,6 +300,15 @@ def _not_modified(request: HttpRequest, result: Result) -> bool:
     return False
 
 
+def _as_binary(request: HttpRequest, resource_id: str | None = None) -> dict:
+    binary: dict[str, Any] = {"resourceType": "Binary"}
+    if resource_id:
+        binary["id"] = resource_id
+    binary["contentType"] = request.headers.get("content-type", "")
+    binary["data"] = base64.b64encode(request.body).decode()
+    return binary
+
+
 def _is_binary_read(request: HttpRequest) -> bool:
     segments = [s for s in request.path.strip("/").split("/") if s]
     return request.method in ("GET", "HEAD") and len(segments) == 2 and segments[0] == "Binary"
@@ -301,9 +322,63 @@ def _wants_raw_binary(request: HttpRequest) -> bool:
         and accept != ""
 
 
-def _raw_binary(result: Result) -> HttpResponse:
+def _raw_binary(result: Result, content: Any = None, head_only: bool = False) -> HttpResponse:
     body = result.body or {}
-    data = base64.b64decode(body.get("data", ""))
     headers = _version_headers(result)
     headers["Content-Type"] = body.get("contentType", "application/octet-stream")
-    return HttpResponse(200, data, headers)
+    if content is None or not content.is_external(body):
+        return HttpResponse(200, b"" if head_only else base64.b64decode(body.get("data", "")), headers)
+    headers["Content-Length"] = str(content.size(body))
+    if head_only:
+        return HttpResponse(200, b"", headers)
+    return StreamedResponse(200, lambda: content.chunks(body), headers)
+
+
+def _streamed_binary_resource(result: Result, content: Any, fmt: str, pretty: bool, head_only: bool) -> HttpResponse:
+    """The Binary resource of a large document, `data` encoded chunk by chunk into the rendering."""
+    body = result.body or {}
+    headers = {**_version_headers(result), "Content-Type": CONTENT_TYPES[fmt]}
+    head, tail = render({**content.without_pointer(body), "data": _DATA_MARK}, fmt, pretty).split(
+        _DATA_MARK.encode(), 1)
+    if head_only:
+        return HttpResponse(200, b"", headers)
+
+    def rendering() -> Iterator[bytes]:
+        yield head
+        yield from _base64_chunks(content.chunks(body))
+        yield tail
+
+    return StreamedResponse(200, rendering, headers)
+
+
+_DATA_MARK = "ESPACE-BINARY-DATA-9f1c"
+
+
+def _base64_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Base64 of a byte stream, piece by piece (each piece encodes a multiple of 3 bytes)."""
+    rest = b""
+    for chunk in chunks:
+        chunk = rest + chunk
+        cut = len(chunk) - len(chunk) % 3
+        rest = chunk[cut:]
+        if cut:
+            yield base64.b64encode(chunk[:cut])
+    if rest:
+        yield base64.b64encode(rest)
+
+
+class StreamedResponse(HttpResponse):
+    """A response produced chunk by chunk (a large document read from storage): a front end that
+    streams iterates `open()`; `body` joins the chunks for one that cannot."""
+
+    def __init__(self, status: int, open_chunks: Callable[[], Iterable[bytes]], headers: dict[str, str]) -> None:
+        self.open = open_chunks
+        super().__init__(status, b"", headers)
+
+    @property  # type: ignore[override]
+    def body(self) -> bytes:
+        return b"".join(self.open())
+
+    @body.setter
+    def body(self, value: bytes) -> None:      # the dataclass constructor's assignment: ignored
+        pass
