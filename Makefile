@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEFS := .cache/definitions/.ready
 
-.PHONY: setup run test lint unit bench clean
+.PHONY: setup run ig test lint unit bench clean
 
 setup: $(STAMP) $(DEFS)
 
@@ -19,8 +19,13 @@ $(DEFS): $(STAMP) fhir_server/definitions/fetch.py
 	$(PY) -m fhir_server.definitions.fetch
 	touch $(DEFS)
 
-run: setup
+run: setup ig
 	$(PY) -m fhir_server.cli run
+
+# The implementation guide: refreshes the resource list of ig/ImplementationGuide-espace.json and
+# builds the static site into ig/site/ (served at /ig/).
+ig: setup
+	$(PY) -m fhir_server.ig
 
 lint: setup
 	$(VENV)/bin/ruff check fhir_server tests bench

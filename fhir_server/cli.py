@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fhir_server.config import Settings
 from fhir_server.definitions.paths import PROJECT_ROOT
+from fhir_server.validation.cli import register_command as register_validate_command
 
 
 def _serve(settings: Settings, uri: str, load_folders: list[Path]) -> None:
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("paths", nargs="+")
     load.set_defaults(func=cmd_load)
     _token_parser(commands)
+    register_validate_command(commands)
     audit = commands.add_parser("audit", help="audit trail tools: `audit verify [--patient Patient/x]`")
     audit.add_argument("rest", nargs=argparse.REMAINDER, help="verify [--patient Patient/x]")
     audit.set_defaults(func=cmd_audit)

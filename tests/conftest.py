@@ -12,6 +12,10 @@ import pytest
 
 from fhir_server.devdb import start_embedded
 
+# Publishing our ~115 conformance resources at each app start costs about a second per test
+# module; the modules that test publication turn it back on.
+os.environ.setdefault("FHIR_PUBLISH_CONFORMANCE", "off")
+
 
 @pytest.fixture(scope="session")
 def mongo_uri() -> Iterator[str]:

@@ -141,6 +141,9 @@ class Interactions:
         self._check_body(resource_type, resource)
         override = self.create_overrides.get(resource_type)
         if override is not None:
+            # the module stores it its own way, but the write rules (profiles...) still apply
+            self._run(self.write_rules, WriteEvent(ctx, "create", resource_type, str(resource.get("id", "")), None,
+                                                   resource, None, 1, session))
             return override(resource, ctx, session)
         return self._store_new(resource_type, resource_id or new_id(), resource, ctx, session, version=1)
 

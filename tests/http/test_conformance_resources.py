@@ -1,0 +1,101 @@
+"""The conformance resources the server publishes at start: our profiles, extensions, value sets,
+code systems, search parameters and the ImplementationGuide are readable by id and searchable by
+url and version, and a restart leaves unchanged ones alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from fhir_server.access.devissuer import system_claims
+from fhir_server.config import Settings
+from fhir_server.ig.publish import ConformancePublisher, published_resources
+from fhir_server.rest.app import create_app
+from tests.http.conftest import bearer
+
+FR_CORE = "https://hl7.fr/ig/fhir/core/StructureDefinition/"
+ESPACE = "https://espace.example.org/fhir/"
+
+
+@pytest.fixture(scope="module")
+def client(mongo_uri: str, settings: Settings, issuer_dir: Path) -> Iterator[TestClient]:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FHIR_PUBLISH_CONFORMANCE", "on")
+        app = create_app(settings, mongo_uri)
+        headers = bearer(issuer_dir, system_claims("system/*.cruds", "test-harness"))
+        with TestClient(app, base_url="http://testserver", headers=headers) as test_client:
+            yield test_client
+            app.state.fhir.store.drop_everything()
+
+
+def ids(bundle: dict) -> list[str]:
+    return [e["resource"]["id"] for e in bundle.get("entry", [])]
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ({"url": FR_CORE + "fr-core-patient-ins"}, ["fr-core-patient-ins"]),
+    ({"url": FR_CORE + "fr-core-patient-ins", "version": "2.1.0"}, ["fr-core-patient-ins"]),
+    ({"url": FR_CORE + "fr-core-patient-ins", "version": "2.2.0"}, []),
+    ({"url": ESPACE + "StructureDefinition/espace-consent"}, ["espace-consent"]),
+    ({"url": "https://interop.esante.gouv.fr/ig/fhir/tde/StructureDefinition/tde-auditevent"}, ["tde-auditevent"]),
+])
+def test_structure_definitions_are_searchable_by_url_and_version(client: TestClient, query: dict,
+                                                                 expected: list[str]) -> None:
+    response = client.get("/fhir/StructureDefinition", params=query)
+    assert response.status_code == 200
+    assert ids(response.json()) == expected
+
+
+def test_profiles_are_readable_by_id_as_authored(client: TestClient) -> None:
+    response = client.get("/fhir/StructureDefinition/fr-core-patient-ins")
+    assert response.status_code == 200
+    profile = response.json()
+    assert profile["url"] == FR_CORE + "fr-core-patient-ins" and profile["version"] == "2.1.0"
+    assert profile["differential"]["element"] and "snapshot" not in profile
+
+
+def test_terminology_and_search_parameters_are_served(client: TestClient) -> None:
+    value_sets = client.get("/fhir/ValueSet", params={"url": ESPACE + "ValueSet/document-class"}).json()
+    assert ids(value_sets) == ["document-class"]
+    code_system = client.get("/fhir/CodeSystem/TRE-A07-StatutVisibiliteDocument").json()
+    assert {c["code"] for c in code_system["concept"]} >= {"MASQUE_PS", "INVISIBLE_PATIENT", "N"}
+    search = client.get("/fhir/SearchParameter", params={
+        "url": "https://interop.esante.gouv.fr/ig/fhir/tde/SearchParameter/TDE-AuditEvent-period-start"}).json()
+    assert len(ids(search)) == 1
+    extensions = client.get("/fhir/StructureDefinition", params={"type": "Extension", "_count": "200",
+                                                                 "url:below": ESPACE}).json()
+    assert {"audit-chain", "audit-agent-organization", "access-summary"} <= set(ids(extensions))
+
+
+def test_the_implementation_guide_lists_what_is_served(client: TestClient) -> None:
+    guide = client.get("/fhir/ImplementationGuide/espace").json()
+    listed = {r["reference"]["reference"] for r in guide["definition"]["resource"]}
+    assert {"StructureDefinition/espace-consent", "StructureDefinition/fr-core-patient-ins",
+            "ValueSet/document-class", "CodeSystem/TRE-G15-ProfessionSante"} <= listed
+    for reference in sorted(r for r in listed if r.startswith(("StructureDefinition/", "ValueSet/")))[:10]:
+        assert client.get(f"/fhir/{reference}").status_code == 200, reference
+
+
+def test_every_published_resource_is_stored_once_and_a_restart_changes_nothing(client: TestClient) -> None:
+    server = client.app.state.fhir
+    published = published_resources(server.definitions)
+    for resource in published[::10]:
+        stored = client.get(f"/fhir/{resource['resourceType']}/{resource['id']}")
+        assert stored.status_code == 200 and stored.json()["meta"]["versionId"] == "1"
+    assert ConformancePublisher(server)() == 0                          # a second start: nothing to write
+    history = client.get("/fhir/StructureDefinition/espace-consent/_history").json()
+    assert len(history["entry"]) == 1
+
+
+def test_publication_can_be_turned_off(client: TestClient) -> None:
+    server = client.app.state.fhir
+    server.store.remove("ValueSet", "document-class", 1)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("FHIR_PUBLISH_CONFORMANCE", "off")
+        assert ConformancePublisher(server)() == 0
+    assert client.get("/fhir/ValueSet/document-class").status_code == 404
+    assert ConformancePublisher(server)() == 1
+    assert client.get("/fhir/ValueSet/document-class").status_code == 200
