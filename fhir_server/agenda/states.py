@@ -23,10 +23,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from dateutil import parser as date_parser
-
 from fhir_server.engine.errors import conflict, error, unprocessable
 from fhir_server.engine.interactions import WriteEvent
+from fhir_server.engine.model import instant_or_none
 
 FINAL = frozenset({"fulfilled", "cancelled", "noshow", "entered-in-error"})
 MOVES: dict[str, frozenset[str]] = {
@@ -81,7 +80,7 @@ def _check_times(appointment: dict, status: Any, moment: datetime) -> None:
     if status in SCHEDULED and not (appointment.get("start") and appointment.get("end")):
         raise unprocessable(f"A {status} appointment needs a start and an end (a proposed one gives its "
                             "requestedPeriod instead)", "Appointment.start")
-    start = _instant(appointment.get("start"))
+    start = instant_or_none(appointment.get("start"))
     if status in STARTED and start is not None and start > moment:
         raise unprocessable(f"An appointment starting at {appointment['start']} is in the future: it cannot be "
                             f"{status} yet", "Appointment.status")
@@ -120,16 +119,6 @@ def _participant_statuses(appointment: dict) -> dict[str | None, Any]:
 def _reference(participant: dict) -> str | None:
     reference = (participant.get("actor") or {}).get("reference")
     return "/".join(reference.split("/")[-2:]) if isinstance(reference, str) else None
-
-
-def _instant(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = date_parser.isoparse(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _actor_kind(event: WriteEvent) -> str | None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dateutil import parser as date_parser
+
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 
 
@@ -58,3 +60,15 @@ def parse_etag(value: str) -> str:
     if value.startswith("W/"):
         value = value[2:]
     return value.strip('"')
+
+
+def instant_or_none(value: object) -> datetime | None:
+    """A FHIR instant/dateTime string as an aware datetime (UTC when no offset), None when it is
+    absent or not a date."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = date_parser.isoparse(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
