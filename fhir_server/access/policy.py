@@ -216,6 +216,10 @@ class AccessPolicy:
             return None
         if actor.kind == "system":
             return None
+        if resource_type == "Subscription":     # endpoint and headers belong to the owner (notify sets _owner)
+            if actor.kind in ("patient", "practitioner"):
+                return {"_owner": {"$in": [*access.patients, *access.keys]}}
+            return None if actor.kind == "auditor" else NOTHING
         if not actor.sees_clinical_data:
             return REFERENCE_DATA
         if actor.kind == "auditor":

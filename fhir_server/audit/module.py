@@ -102,6 +102,11 @@ class Auditor:
             consent_denied=consent_denied, consent_references=consent_references,
             actor_patients=list(access.patients) if access else [],
         ))
+        notifier = getattr(self.server, "notifier", None)
+        # on a hidden 404 `patients` are those of the hidden resource: no access happened
+        if notifier is not None and event.error is None and event.status < 400 and actor is not None:
+            for patient in patients:
+                notifier.on_access(patient, actor, actor.is_emergency or bool(access and access.emergency_used))
 
     def _patients_of(self, resource: dict) -> list[str]:
         resource_type = resource.get("resourceType", "")

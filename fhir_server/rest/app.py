@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from fhir_server.config import Settings
 from fhir_server.definitions.paths import PROJECT_ROOT
 from fhir_server.engine.errors import error
+from fhir_server.rest import websocket
 from fhir_server.rest.router import HttpRequest, Router
 from fhir_server.server import FhirServer
 
@@ -33,6 +34,7 @@ def create_app(settings: Settings, mongodb_uri: str) -> FastAPI:
     app = FastAPI(title="Espace FHIR R4 server", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.state.fhir = server
+    websocket.mount(app, server)             # Subscriptions' websocket channel: /fhir/websocket
 
     async def handle(request: Request, path: str = "") -> Response:
         declared = request.headers.get("content-length")

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from fhir_server.access.devissuer import mint, system_claims
 from fhir_server.config import Settings
 from fhir_server.rest.app import create_app
+from fhir_server.storage import MongoStore
 
 BASE = "http://testserver/fhir"
 JSON = "application/fhir+json"
@@ -39,7 +40,10 @@ def client(mongo_uri: str, settings: Settings, issuer_dir: Path) -> Iterator[Tes
     headers = bearer(issuer_dir, system_claims("system/*.cruds", "test-harness"))
     with TestClient(app, base_url="http://testserver", headers=headers) as test_client:
         yield test_client
-        app.state.fhir.store.drop_everything()
+    # dropped once the app (and its background workers) stopped
+    store = MongoStore(mongo_uri, settings.mongodb_db)
+    store.drop_everything()
+    store.close()
 
 
 def patient(family: str = "Martin", given: str = "Élodie", **extra) -> dict:
