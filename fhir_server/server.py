@@ -140,6 +140,8 @@ class FhirServer:
         self.extra_indexes: dict[str, list[list[tuple[str, int]]]] = {}
         self.startup_hooks: list[Callable[[], None]] = []
         self.services: list[Any] = []
+        self.capability_amendments: list[Callable[[dict], dict]] = []   # e.g. the PDSm server role
+        self.binary_content: Any = None                                  # large Binaries (GridFS), set by mhd
         # Called for every read, search, history and operation, and for refused requests.
         self.access_observers: list[Callable[[AccessEvent], None]] = []
         # Business rules on searches of a type (e.g. ITI-67 requires patient and status):
@@ -312,7 +314,10 @@ class FhirServer:
         params: dict[str, dict[str, Any]] = {
             t: self.search_registry.params_for(t) for t in self.definitions.resource_types
         }
-        return capability_statement(self.definitions, params, self.operations, base_url, _software_version())
+        statement = capability_statement(self.definitions, params, self.operations, base_url, _software_version())
+        for amend in self.capability_amendments:
+            statement = amend(statement)
+        return statement
 
     # -- operations --------------------------------------------------------------------------
     def _register_core_operations(self) -> None:

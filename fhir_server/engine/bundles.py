@@ -46,6 +46,9 @@ class BundleProcessor:
         self.interactions = interactions
         self.get_handler = get_handler       # runs a GET url (read, vread, search, history)
         self.max_entries = max_entries
+        # Business checks of a whole bundle before it runs (e.g. an ITI-65 provide bundle): each
+        # takes the bundle and the context and returns the bundle to run, or raises FhirError.
+        self.rules: list[Callable[[dict, RequestContext], dict]] = []
 
     def process(self, bundle: Any, ctx: RequestContext) -> dict:
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -62,6 +65,9 @@ class BundleProcessor:
         issues = self.interactions.validate(_without_entry_resources(bundle), "Bundle")
         if any(i.severity in ("error", "fatal") for i in issues):
             raise FhirError(400, issues)
+        for rule in self.rules:
+            bundle = rule(bundle, ctx)
+        raw_entries = bundle.get("entry") or []
         if kind == "transaction":
             return self._transaction(raw_entries, ctx)
         return self._batch(raw_entries, ctx)

@@ -90,6 +90,9 @@ class Interactions:
         # hooks run once it is stored, in the same transaction (audit, notifications, consent).
         self.write_rules: list[WriteHook] = []
         self.write_hooks: list[WriteHook] = []
+        # Creates a module may take over case by case (e.g. ITI-105 publication of an inline
+        # document): each returns a Result to handle the create, or None to let it through.
+        self.create_interceptors: list[Callable[..., Result | None]] = []
         # Types whose create is handled by their module (e.g. AuditEvent joins the audit chain).
         self.create_overrides: dict[str, Callable[[dict, RequestContext, Session], Result]] = {}
 
@@ -139,6 +142,10 @@ class Interactions:
                 existing.status = 200
                 return existing
         self._check_body(resource_type, resource)
+        for intercept in self.create_interceptors:
+            handled = intercept(resource_type, resource, ctx, if_none_exist, session, resource_id)
+            if handled is not None:
+                return handled
         override = self.create_overrides.get(resource_type)
         if override is not None:
             # the module stores it its own way, but the write rules (profiles...) still apply

@@ -8,12 +8,13 @@ from urllib.parse import parse_qsl
 from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
 
 from fhir_server.config import Settings
 from fhir_server.definitions.paths import PROJECT_ROOT
 from fhir_server.engine.errors import error
 from fhir_server.rest import websocket
-from fhir_server.rest.router import HttpRequest, Router
+from fhir_server.rest.router import HttpRequest, Router, StreamedResponse
 from fhir_server.server import FhirServer
 
 BASE_PATH = "/fhir"
@@ -53,6 +54,8 @@ def create_app(settings: Settings, mongodb_uri: str) -> FastAPI:
             base_url=base_url,
         )
         result = await run_in_threadpool(router.handle, http_request)
+        if isinstance(result, StreamedResponse):            # large documents, never loaded whole
+            return StreamingResponse(result.open(), status_code=result.status, headers=result.headers)
         return Response(content=result.body, status_code=result.status, headers=result.headers)
 
     if IG_SITE.is_dir():

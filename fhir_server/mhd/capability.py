@@ -1,0 +1,59 @@
+"""What the CapabilityStatement says about document sharing: the server plays the PDSm "Gestionnaire
+de partage de documents" role (`instantiates`), and each resource says which MHD transaction it
+serves and which search parameters that transaction needs. The resource entries, their
+interactions, profiles and search parameters themselves are generated from what is registered
+(engine/capabilities.py); this only adds the statements of conformance and the documentation."""
+
+from __future__ import annotations
+
+import copy
+
+from fhir_server.mhd import canonical
+
+REST_DOCUMENTATION = (
+    "Partage de documents de santé (ANS PDSm on IHE MHD): ITI-65 Provide Document Bundle (transaction "
+    f"claiming {canonical.PROVIDE_BUNDLE}), ITI-105 Simplified Publish (POST DocumentReference with the "
+    "document in content.attachment.data), ITI-67 Find Document References, ITI-66 Find Document Lists, "
+    "ITI-68 Retrieve Document (GET on content.attachment.url), metadata update by conditional PATCH "
+    "(status, securityLabel, isArchived).")
+RESOURCE_DOCUMENTATION = {
+    "DocumentReference": (
+        "ITI-67: a search names the patient (patient or patient.identifier) and the status, else 400. "
+        "ITI-105: POST with the document inline; stored as a Binary plus a PDSm comprehensive entry and a "
+        "submission set. Metadata update: PATCH DocumentReference?identifier=[system]|[value] changes status, "
+        "securityLabel and the isArchived extension only (405 otherwise). A new version replaces an entry with "
+        "relatesTo.code = replaces; DELETE (by the patient or an author) is the logical deletion."),
+    "List": ("ITI-66: submission sets and folders; a search on MHD lists names the patient and the status."),
+    "Binary": ("ITI-68: the document in its own media type (streamed), or a Binary resource when FHIR JSON or "
+               "XML is asked for; readable by whoever may read its DocumentReference."),
+}
+REQUIRED_SEARCH = {
+    "DocumentReference": {"patient": "ITI-67: required (or patient.identifier)", "status": "ITI-67: required"},
+    "List": {"patient": "ITI-66: required for MHD lists (or patient.identifier)",
+             "status": "ITI-66: required for MHD lists"},
+}
+
+
+def amend_capability_statement(statement: dict) -> dict:
+    """The generated statement, plus the PDSm server role and the MHD documentation."""
+    amended = copy.deepcopy(statement)
+    amended["instantiates"] = [*amended.get("instantiates", []), canonical.SERVER_CAPABILITY]
+    amended["implementationGuide"] = [*amended.get("implementationGuide", []), canonical.IMPLEMENTATION_GUIDE]
+    for rest in amended.get("rest", []):
+        rest["documentation"] = " ".join(filter(None, [rest.get("documentation"), REST_DOCUMENTATION]))
+        for interaction in rest.get("interaction", []):
+            if interaction.get("code") == "transaction":
+                interaction["documentation"] = f"ITI-65 Provide Document Bundle: {canonical.PROVIDE_BUNDLE}"
+        for resource in rest.get("resource", []):
+            _document_resource(resource)
+    return amended
+
+
+def _document_resource(resource: dict) -> None:
+    resource_type = resource.get("type")
+    if resource_type in RESOURCE_DOCUMENTATION:
+        resource["documentation"] = RESOURCE_DOCUMENTATION[resource_type]
+    for param in resource.get("searchParam", []):
+        note = REQUIRED_SEARCH.get(resource_type, {}).get(param.get("name"))
+        if note:
+            param["documentation"] = note
