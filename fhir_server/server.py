@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -45,8 +44,7 @@ MODULE_NAMES: tuple[str, ...] = (
 
 
 def business_modules() -> list[Any]:
-    """The installed business modules (a module not written yet is skipped)."""
-    return [importlib.import_module(name) for name in MODULE_NAMES if importlib.util.find_spec(name) is not None]
+    return [importlib.import_module(name) for name in MODULE_NAMES]
 
 
 @dataclass
@@ -148,8 +146,7 @@ class FhirServer:
         # (ctx, resource_type, params) -> None, raising FhirError to refuse.
         self.search_rules: list[Callable[[RequestContext, str, list[tuple[str, str]]], None]] = []
         for module in business_modules():
-            if hasattr(module, "install"):
-                module.install(self)
+            module.install(self)
 
     def start(self) -> None:
         self.store.ping()
