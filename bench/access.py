@@ -12,11 +12,13 @@ import pymongo
 from bench.auth import BenchIssuer
 from bench.harness import HEADER, Figures, database, run_concurrently, server
 from fhir_server.access import devissuer
+from tests.documents import pdsm_document
 
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 RPPS = "https://rpps.esante.gouv.fr"
 PATIENT_INS = "284037512345642"
 DOCTOR = "10000000001"
+QUERY = {"patient": "bench-patient", "status": "current"}
 
 
 def _consent(i: int, provision: dict) -> dict:
@@ -38,15 +40,9 @@ def load(client: httpx.Client, documents: int) -> None:
     client.put(f"/Practitioner/ps-{DOCTOR}", json={"resourceType": "Practitioner", "id": f"ps-{DOCTOR}",
                                                    "identifier": [{"system": RPPS, "value": DOCTOR}]})
     for i in range(documents):
-        labels = [{"coding": [{"code": "MASQUE_PS"}]}] if i % 10 == 0 else []
-        document = {"resourceType": "DocumentReference", "status": "current",
-                    "type": {"coding": [{"system": "http://loinc.org", "code": "11488-4"}]},
-                    "subject": {"reference": "Patient/bench-patient"},
-                    "date": f"2026-01-{i % 28 + 1:02d}T10:00:00+01:00",
-                    "content": [{"attachment": {"contentType": "text/plain", "title": f"doc {i}"}}]}
-        if labels:
-            document["securityLabel"] = labels
-        client.post("/DocumentReference", json=document).raise_for_status()
+        label = "MASQUE_PS" if i % 10 == 0 else None
+        document = pdsm_document(f"bench-doc-{i}", "bench-patient", "Practitioner/ps-author", label=label)
+        client.put(f"/DocumentReference/bench-doc-{i}", json=document).raise_for_status()
     consents = [
         _consent(1, {"type": "permit", "provision": [_actor("deny", "10000000009")]}),
         _consent(2, {"type": "permit", "provision": [_actor("deny", "10000000008")]}),
@@ -71,13 +67,14 @@ def main(operations: int = 300, documents: int = 60) -> None:
     rows: list[Figures] = []
     with database() as uri:
         name = "bench_" + uuid.uuid4().hex[:8]
-        with server(uri, name, issuer.env) as base:
+        # audit off: this measures the access decision alone (the audit has its own figures)
+        with server(uri, name, {**issuer.env, "FHIR_AUDIT": "off"}) as base:
             with httpx.Client(base_url=base, headers=issuer.system(), timeout=60) as loader:
                 load(loader, documents)
             for label, headers in actors.items():
                 with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
                     def search(_: int, client: httpx.Client = client) -> None:
-                        client.get("/DocumentReference", params={"patient": "bench-patient"}).raise_for_status()
+                        client.get("/DocumentReference", params=QUERY).raise_for_status()
                     search(0)
                     rows.append(run_concurrently(f"search as {label}", 1, operations, search))
         pymongo.MongoClient(uri).drop_database(name)
