@@ -14,17 +14,15 @@ owner could search for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-from dateutil import parser as date_parser
 
 from fhir_server.access.actor import Actor
 from fhir_server.access.tokens import actor_from_claims
 from fhir_server.engine.errors import FhirError, error, unprocessable
 from fhir_server.engine.interactions import WriteEvent
-from fhir_server.engine.model import RequestContext
+from fhir_server.engine.model import RequestContext, instant_or_none
 from fhir_server.notify import channels
 from fhir_server.notify.criteria import Criteria, CriteriaError, parse_criteria, restricted_patients
 from fhir_server.storage.outbox import NotifyStore
@@ -90,7 +88,7 @@ def registry_entry(subscription: dict, version: int, moment: datetime) -> dict:
     return {
         "_id": subscription["id"], "resource_type": criteria.resource_type,
         "criteria": [list(p) for p in criteria.params], "channel": read_channel(subscription).as_document(),
-        "status": subscription.get("status"), "end": _instant(subscription.get("end")), "version": version,
+        "status": subscription.get("status"), "end": instant_or_none(subscription.get("end")), "version": version,
         "updated": moment,
     }
 
@@ -216,13 +214,3 @@ class SubscriptionRules:
         except FhirError:
             return False
         return True
-
-
-def _instant(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = date_parser.isoparse(value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -4,6 +4,7 @@ database process started by the session fixture."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,17 +34,32 @@ def bearer(issuer_dir: Path, claims: dict) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint(issuer_dir, claims)}"}
 
 
-@pytest.fixture(scope="module")
-def client(mongo_uri: str, settings: Settings, issuer_dir: Path) -> Iterator[TestClient]:
-    """A client acting as a trusted back-end software with every SMART system scope."""
-    app = create_app(settings, mongo_uri)
-    headers = bearer(issuer_dir, system_claims("system/*.cruds", "test-harness"))
-    with TestClient(app, base_url="http://testserver", headers=headers) as test_client:
-        yield test_client
+@contextmanager
+def running_app(mongo_uri: str, settings: Settings, issuer_dir: Path, env: dict[str, str | None] | None = None
+                ) -> Iterator[TestClient]:
+    """The app on a throw-away database, as a trusted back-end with every SMART system scope;
+    `env` sets (or, with None, removes) environment variables while the app is built and runs."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in (env or {}).items():
+            if value is None:
+                patch.delenv(name, raising=False)
+            else:
+                patch.setenv(name, value)
+        app = create_app(settings, mongo_uri)
+        headers = bearer(issuer_dir, system_claims("system/*.cruds", "test-harness"))
+        with TestClient(app, base_url="http://testserver", headers=headers) as test_client:
+            yield test_client
     # dropped once the app (and its background workers) stopped
     store = MongoStore(mongo_uri, settings.mongodb_db)
     store.drop_everything()
     store.close()
+
+
+@pytest.fixture(scope="module")
+def client(mongo_uri: str, settings: Settings, issuer_dir: Path) -> Iterator[TestClient]:
+    """A client acting as a trusted back-end software with every SMART system scope."""
+    with running_app(mongo_uri, settings, issuer_dir) as test_client:
+        yield test_client
 
 
 def patient(family: str = "Martin", given: str = "Élodie", **extra) -> dict:

@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from fhir_server.access.devissuer import system_claims
 from fhir_server.config import Settings
 from fhir_server.ig.publish import ConformancePublisher, published_resources
-from fhir_server.rest.app import create_app
-from tests.http.conftest import bearer
+from tests.http.conftest import running_app
 
 FR_CORE = "https://hl7.fr/ig/fhir/core/StructureDefinition/"
 ESPACE = "https://espace.example.org/fhir/"
@@ -22,13 +20,8 @@ ESPACE = "https://espace.example.org/fhir/"
 
 @pytest.fixture(scope="module")
 def client(mongo_uri: str, settings: Settings, issuer_dir: Path) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("FHIR_PUBLISH_CONFORMANCE", "on")
-        app = create_app(settings, mongo_uri)
-        headers = bearer(issuer_dir, system_claims("system/*.cruds", "test-harness"))
-        with TestClient(app, base_url="http://testserver", headers=headers) as test_client:
-            yield test_client
-            app.state.fhir.store.drop_everything()
+    with running_app(mongo_uri, settings, issuer_dir, {"FHIR_PUBLISH_CONFORMANCE": "on"}) as test_client:
+        yield test_client
 
 
 def ids(bundle: dict) -> list[str]:

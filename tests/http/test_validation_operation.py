@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from fhir_server.access.devissuer import patient_claims, system_claims
+from fhir_server.access.devissuer import patient_claims
 from fhir_server.config import Settings
 from fhir_server.definitions import PROJECT_ROOT
-from fhir_server.rest.app import create_app
-from tests.http.conftest import bearer, issue_expressions
+from tests.http.conftest import bearer, issue_expressions, running_app
 
 EXAMPLES = PROJECT_ROOT / "examples"
 FR_CORE = "https://hl7.fr/ig/fhir/core/StructureDefinition/"
@@ -23,14 +22,9 @@ ESPACE = "https://espace.example.org/fhir/StructureDefinition/"
 
 @pytest.fixture(scope="module")
 def client(mongo_uri: str, settings: Settings, issuer_dir: Path) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as env:
-        env.delenv("FHIR_REQUIRED_PROFILES", raising=False)
-        env.setenv("FHIR_PUBLISH_CONFORMANCE", "on")
-        app = create_app(settings, mongo_uri)
-        headers = bearer(issuer_dir, system_claims("system/*.cruds", "test-harness"))
-        with TestClient(app, base_url="http://testserver", headers=headers) as test_client:
-            yield test_client
-            app.state.fhir.store.drop_everything()
+    env = {"FHIR_REQUIRED_PROFILES": None, "FHIR_PUBLISH_CONFORMANCE": "on"}
+    with running_app(mongo_uri, settings, issuer_dir, env) as test_client:
+        yield test_client
 
 
 def example(name: str) -> dict:
