@@ -67,13 +67,13 @@ class CompiledExpression:
 
 # -- splitting ----------------------------------------------------------------------------------
 
-def split_union(expression: str) -> list[str]:
-    """Split on `|` outside parentheses and string literals."""
+def _split_top_level(text: str, separator: str) -> list[str]:
+    """Split on `separator` where it stands outside parentheses and string literals."""
     parts: list[str] = []
     depth = 0
     quoted = False
     current: list[str] = []
-    for char in expression:
+    for char in text:
         if char == "'":
             quoted = not quoted
         elif not quoted:
@@ -81,13 +81,18 @@ def split_union(expression: str) -> list[str]:
                 depth += 1
             elif char == ")":
                 depth -= 1
-            elif char == "|" and depth == 0:
+            elif char == separator and depth == 0:
                 parts.append("".join(current).strip())
                 current = []
                 continue
         current.append(char)
     parts.append("".join(current).strip())
-    return [p for p in parts if p]
+    return parts
+
+
+def split_union(expression: str) -> list[str]:
+    """Split on `|` outside parentheses and string literals."""
+    return [p for p in _split_top_level(expression, "|") if p]
 
 
 _ROOT_NAME = re.compile(r"^\(*\s*([A-Za-z]\w*)")
@@ -118,25 +123,7 @@ _Step = Callable[[list[_Node], dict], list[_Node]]
 
 
 def _split_dots(text: str) -> list[str]:
-    tokens: list[str] = []
-    depth = 0
-    quoted = False
-    current: list[str] = []
-    for char in text:
-        if char == "'":
-            quoted = not quoted
-        elif not quoted:
-            if char == "(":
-                depth += 1
-            elif char == ")":
-                depth -= 1
-            elif char == "." and depth == 0:
-                tokens.append("".join(current).strip())
-                current = []
-                continue
-        current.append(char)
-    tokens.append("".join(current).strip())
-    return tokens
+    return _split_top_level(text, ".")
 
 
 def _matching_paren(text: str) -> int:
