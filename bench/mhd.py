@@ -26,6 +26,7 @@ import httpx
 from bench.auth import BenchIssuer
 from bench.harness import HEADER, Figures, database, run_concurrently, server
 from fhir_server.access import devissuer
+from tests.http.test_mhd_support import pdf
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "mhd" / "01-iti65-cr-hospitalisation.json"
@@ -34,28 +35,10 @@ PDF_BYTES = 200 * 1024
 AUTHOR_RPPS = "10101234567"            # the contained author of the example bundle
 
 
-def pdf(title: str, size: int) -> bytes:
-    """A one-page PDF padded with a comment to `size` bytes (unique per title: no two hashes alike)."""
-    stream = f"BT /F1 14 Tf 50 790 Td ({title}) Tj ET".encode()
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Contents 4 0 R >>",
-               b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream"]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 5\n0000000000 65535 f \n" + b"".join(b"%010d 00000 n \n" % o for o in offsets)
-    out += b"trailer\n<< /Size 5 /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % xref
-    out += b"%" + b"x" * max(0, size - len(out) - 2) + b"\n"
-    return bytes(out)
-
-
 def provide_bundle(template: dict, title: str, size: int = PDF_BYTES) -> dict:
     """The example CR d'hospitalisation bundle, with a new document of `size` bytes and new ids."""
     bundle = copy.deepcopy(template)
-    content = pdf(title, size)
+    content = pdf(title, size)      # padded to `size` bytes, unique per title
     for entry in bundle["entry"]:
         resource, request = entry["resource"], entry["request"]
         request.pop("ifNoneExist", None)
