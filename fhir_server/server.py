@@ -23,7 +23,7 @@ from fhir_server.engine.errors import FhirError, bad_request, error, operation_o
 from fhir_server.engine.interactions import Interactions, WriteEvent
 from fhir_server.engine.model import RequestContext, Result
 from fhir_server.engine.operations import Operation, OperationCall, OperationRegistry
-from fhir_server.search import SearchRegistry, SearchService
+from fhir_server.search import SearchParam, SearchRegistry, SearchService
 from fhir_server.storage import MongoStore
 from fhir_server.validation import StructureValidator
 
@@ -308,7 +308,7 @@ class FhirServer:
             raise error(404, "not-supported", f"'{resource_type}' is not a FHIR R4 resource type")
 
     def capability_statement(self, base_url: str) -> dict:
-        params: dict[str, dict[str, Any]] = {
+        params: dict[str, dict[str, SearchParam]] = {
             t: self.search_registry.params_for(t) for t in self.definitions.resource_types
         }
         statement = capability_statement(self.definitions, params, self.operations, base_url, _software_version())

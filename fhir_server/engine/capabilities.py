@@ -4,18 +4,21 @@ profiles from our `profiles/`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir_server import FHIR_VERSION
 from fhir_server.definitions import Definitions
 from fhir_server.engine.operations import OperationRegistry
+
+if TYPE_CHECKING:
+    from fhir_server.search.registry import SearchParam
 
 INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                 "search-type"]
 SEARCH_TYPES = {"number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special"}
 
 
-def capability_statement(definitions: Definitions, search_params: dict[str, dict[str, Any]],
+def capability_statement(definitions: Definitions, search_params: dict[str, dict[str, SearchParam]],
                          operations: OperationRegistry, base_url: str, software_version: str) -> dict:
     profiles_by_type: dict[str, list[str]] = {}
     for sd in definitions.structures.values():
@@ -46,7 +49,7 @@ def capability_statement(definitions: Definitions, search_params: dict[str, dict
     }
 
 
-def _resource_entry(resource_type: str, params: dict[str, Any], operations: OperationRegistry,
+def _resource_entry(resource_type: str, params: dict[str, SearchParam], operations: OperationRegistry,
                     profiles: list[str]) -> dict:
     entry: dict[str, Any] = {
         "type": resource_type,
@@ -61,7 +64,7 @@ def _resource_entry(resource_type: str, params: dict[str, Any], operations: Oper
         "conditionalDelete": "single",
         "referencePolicy": ["literal", "logical"],
         "searchInclude": ["*"] + sorted(f"{resource_type}:{c}" for c, p in params.items()
-                                        if _type_of(p) == "reference"),
+                                        if p.type == "reference"),
         "searchParam": [_search_param(p) for _, p in sorted(params.items())],
     }
     if profiles:
@@ -72,18 +75,8 @@ def _resource_entry(resource_type: str, params: dict[str, Any], operations: Oper
     return entry
 
 
-def _type_of(param: Any) -> str:
-    if isinstance(param, dict):
-        return param.get("type", "")
-    return getattr(param, "type", "")
-
-
-def _search_param(param: Any) -> dict:
-    if isinstance(param, dict):
-        code, url, kind = param.get("code"), param.get("url"), param.get("type")
-    else:
-        code, url, kind = getattr(param, "code", None), getattr(param, "url", None), getattr(param, "type", None)
-    out = {"name": code, "type": kind if kind in SEARCH_TYPES else "special"}
-    if url:
-        out["definition"] = url
+def _search_param(param: SearchParam) -> dict:
+    out = {"name": param.code, "type": param.type if param.type in SEARCH_TYPES else "special"}
+    if param.url:
+        out["definition"] = param.url
     return out
