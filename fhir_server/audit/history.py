@@ -14,15 +14,11 @@ decision.
 
 from __future__ import annotations
 
-import base64
-from datetime import UTC, datetime
 from urllib.parse import urlencode
-
-from dateutil import parser as date_parser
 
 from fhir_server.audit.summary import summarise
 from fhir_server.engine.errors import bad_request
-from fhir_server.engine.model import instant
+from fhir_server.engine.model import decode_time_cursor, encode_time_cursor, parse_instant_param
 from fhir_server.storage import MongoStore
 
 AUDIT_EVENT = "AuditEvent"
@@ -68,13 +64,13 @@ def _options(params: list[tuple[str, str]]) -> dict:
                 raise bad_request(f"_count={value!r} must be a non-negative integer", "_count")
             options["count"] = max(1, min(int(value), MAX_COUNT))
         elif name == "_since":
-            options["since"] = _moment(value, "_since")
+            options["since"] = parse_instant_param(value, "_since")
         elif name == "exclude-self":
             if value not in ("true", "false"):
                 raise bad_request(f"exclude-self={value!r} must be true or false", "exclude-self")
             options["exclude_self"] = value == "true"
         elif name == "_cursor":
-            options["cursor"] = _decode_cursor(value)
+            options["cursor"] = decode_time_cursor(value)
     return options
 
 
@@ -91,26 +87,8 @@ def _query(patient: str, options: dict) -> dict:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-def _moment(value: str, name: str) -> datetime:
-    try:
-        moment = date_parser.isoparse(value)
-    except ValueError:
-        raise bad_request(f"{name}={value!r} is not a valid FHIR instant or date", name) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def _cursor(doc: dict) -> str:
-    raw = f"{instant(doc['_audit']['recorded'])}|{doc['_id']}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(token: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        moment, last_id = raw.split("|", 1)
-        return date_parser.isoparse(moment), last_id
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request("The paging cursor is not valid: follow the links the server returned", "_cursor") from None
+    return encode_time_cursor(doc["_audit"]["recorded"], doc["_id"])
 
 
 def _url(base_url: str, path: str, params: list[tuple[str, str]]) -> str:

@@ -8,15 +8,12 @@ when the deployment has transactions.
 
 from __future__ import annotations
 
-import base64
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlencode
-
-from dateutil import parser as date_parser
 
 from fhir_server.engine import patch as patching
 from fhir_server.engine.errors import (
@@ -32,11 +29,14 @@ from fhir_server.engine.model import (
     ID_PATTERN,
     RequestContext,
     Result,
+    decode_time_cursor,
+    encode_time_cursor,
     etag,
     instant,
     new_id,
     now,
     parse_etag,
+    parse_instant_param,
 )
 from fhir_server.storage import MongoStore, Session, StorageConflict
 
@@ -502,55 +502,30 @@ def _history_entry(base_url: str, version: dict) -> dict:
     return entry
 
 
-def parse_instant(value: str, name: str) -> datetime:
-    try:
-        moment = date_parser.isoparse(value)
-    except ValueError:
-        raise bad_request(f"{name}={value!r} is not a valid FHIR instant or date", name) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment
-
-
 def _history_options(params: list[tuple[str, str]]) -> dict:
     options: dict[str, Any] = {"since": None, "at": None, "count": DEFAULT_HISTORY_COUNT, "cursor": None,
                                "page": 0}
     for name, value in params:
         if name == "_since":
-            options["since"] = parse_instant(value, "_since")
+            options["since"] = parse_instant_param(value, "_since")
         elif name == "_at":
-            options["at"] = parse_instant(value, "_at")
+            options["at"] = parse_instant_param(value, "_at")
         elif name == "_count":
             if not value.isdigit():
                 raise bad_request(f"_count={value!r} must be a non-negative integer", "_count")
             options["count"] = max(1, min(int(value), MAX_HISTORY_COUNT))
         elif name == "_cursor":
-            options["cursor"] = _decode_cursor(value)
+            options["cursor"] = decode_time_cursor(value)
         elif name == "_page":
             options["page"] = int(value) if value.isdigit() else 0
     return options
-
-
-def _encode_cursor(moment: datetime, key: str) -> str:
-    raw = f"{instant(moment)}|{key}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(token: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        moment, key = raw.split("|", 1)
-        return date_parser.isoparse(moment), key
-    except (ValueError, UnicodeDecodeError):
-        raise bad_request("The paging cursor is not valid: follow the links the server returned",
-                          "_cursor") from None
 
 
 def _next_params(params: list[tuple[str, str]], last: dict, options: dict) -> list[tuple[str, str]]:
     kept = [(k, v) for k, v in params if k not in ("_cursor", "_page")]
     if options["at"]:
         return [*kept, ("_page", str(options["page"] + 1))]
-    return [*kept, ("_cursor", _encode_cursor(last["lastUpdated"], last["_id"]))]
+    return [*kept, ("_cursor", encode_time_cursor(last["lastUpdated"], last["_id"]))]
 
 
 def _url(base_url: str, path: str, params: list[tuple[str, str]]) -> str:

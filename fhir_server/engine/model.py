@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -9,6 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dateutil import parser as date_parser
+
+from fhir_server.engine.errors import bad_request
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-\.]{1,64}$")
 
@@ -72,3 +75,27 @@ def instant_or_none(value: object) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def parse_instant_param(value: str, name: str) -> datetime:
+    """A date/instant search or history parameter (`_since`, `_at`...): 400 naming it when invalid."""
+    moment = instant_or_none(value)
+    if moment is None:
+        raise bad_request(f"{name}={value!r} is not a valid FHIR instant or date", name)
+    return moment
+
+
+def encode_time_cursor(moment: datetime, key: str) -> str:
+    """A stateless keyset cursor (an instant and a tie-breaking key) for `next` links."""
+    raw = f"{instant(moment)}|{key}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_time_cursor(token: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        moment, key = raw.split("|", 1)
+        return date_parser.isoparse(moment), key
+    except (ValueError, UnicodeDecodeError):
+        raise bad_request("The paging cursor is not valid: follow the links the server returned",
+                          "_cursor") from None
