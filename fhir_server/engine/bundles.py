@@ -8,13 +8,15 @@ each entry on its own and reports each outcome.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from fhir_server.definitions import Definitions
-from fhir_server.engine.errors import FhirError, Issue, bad_request, error, not_found, operation_outcome
+from fhir_server.engine.errors import FhirError, Issue, bad_request, error, operation_outcome
 from fhir_server.engine.interactions import Interactions, query_items
 from fhir_server.engine.model import ID_PATTERN, RequestContext, Result, etag, instant, new_id
 
@@ -277,9 +279,6 @@ def _patch_of(entry: _Entry) -> tuple[Any, str]:
     if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
         return resource, "fhirpath-patch"
     if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
-        import base64
-        import json
-
         try:
             return json.loads(base64.b64decode(resource.get("data", ""))), "json-patch"
         except ValueError:
@@ -353,4 +352,3 @@ def _rebase(expression: str, entry: _Entry) -> str:
     return f"{entry.where}.{expression}"
 
 
-__all__ = ["BundleProcessor", "not_found"]
