@@ -414,18 +414,25 @@ class _Walk(EvaluationServices):
                      f"conform to {' or '.join(profiles)}", occurrence.expression)
 
     def _target_types(self, target_profiles: tuple[str, ...]) -> dict[str, list[str]] | None:
-        """Allowed target type -> the non-base profiles it must conform to; None: anything goes."""
+        """Allowed target type -> the profiles a target of that type must meet one of (none to meet
+        when the list is empty); None: anything goes. A target meets any one of its type's target
+        profiles, and the core definition of the type, when listed, is met by every resource of it."""
         if not target_profiles:
             return None
         allowed: dict[str, list[str]] = {}
+        base_listed: set[str] = set()
         for url in target_profiles:
             sd = self.v.definitions.structures.get(url)
             target_type = sd.get("type") if sd else None
             if target_type is None or target_type in _ANY_RESOURCE:
                 return None                  # an unknown profile or Reference(Any): cannot restrict
-            profiles = allowed.setdefault(target_type, [])
-            if url != CORE_PREFIX + target_type:
-                profiles.append(url)
+            allowed.setdefault(target_type, [])
+            if url == CORE_PREFIX + target_type:
+                base_listed.add(target_type)
+            else:
+                allowed[target_type].append(url)
+        for target_type in base_listed:
+            allowed[target_type] = []
         return allowed
 
     def _known_type(self, resource_type: object) -> bool:
@@ -475,6 +482,8 @@ class _Walk(EvaluationServices):
         is_resource = isinstance(value, dict) and "resourceType" in value
         if is_resource and not self._known_type(value["resourceType"]):
             return False
+        if not is_resource and type_code and plan.type != type_code:
+            return False                     # a boolean does not conform to a Quantity profile
         key = (id(value), profile)
         if key in self._checking:
             return True                      # a reference cycle: do not recurse forever

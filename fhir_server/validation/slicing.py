@@ -11,8 +11,9 @@ values are read from that value.
 - value / pattern: some instance value equals the fixed value / matches the pattern (or, lacking
   both, is in the element's required value set);
 - exists: the element is present when the slice requires it, absent when the slice forbids it;
-- type: the instance's type is one of the slice's types;
-- profile: the instance conforms to one of the slice's profiles.
+- type: the instance's type is one of the slice's types (any resource for a Reference without targetProfile);
+- profile: the instance conforms to one of the slice's profiles (target profiles after `resolve()`); a
+  slice type without profile stands for the type's own definition, as HAPI and Firely read it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from fhir_server.validation.plan import MISSING, Discriminator, ElementRule, Plan, PlanRegistry
+from fhir_server.validation.plan import CORE_PREFIX, MISSING, Discriminator, ElementRule, Plan, PlanRegistry
 from fhir_server.validation.values import equals_fixed, matches_pattern
 
 _FUNCTION = re.compile(r"^(\w+)\((.*)\)$")
+_ANY_RESOURCE = frozenset({"Resource", "DomainResource"})
 
 
 class SlicingServices(Protocol):
@@ -79,9 +81,8 @@ class SliceMatcher:
         if discriminator.type == "type":
             return self._type_matches(found, points)
         if discriminator.type == "profile":
-            profiles = _profiles(points)
             return any(services.conforms(v, code or "", profile)
-                       for v, code in found if v is not None for profile in profiles)
+                       for v, code in found if v is not None for profile in _slice_profiles(points, code))
         return False
 
     # -- the instance side ----------------------------------------------------------------------------
@@ -168,13 +169,15 @@ class SliceMatcher:
             if point.resolved:           # Reference(X): the types of the target profiles
                 targets = (self._plans.get(p) for t in point.rule.types for p in t.target_profiles)
                 allowed |= {plan.type for plan in targets if plan is not None}
+                if any(not t.target_profiles for t in point.rule.types):
+                    allowed |= _ANY_RESOURCE     # Reference without targetProfile: any target
             elif point.type_filter:
                 allowed.add(point.type_filter)
             else:
                 allowed |= point.rule.type_codes
         if not found:
             return False
-        return all(code in allowed or (code and allowed & {"Resource", "DomainResource"}) for _, code in found)
+        return all(code in allowed or (code and allowed & _ANY_RESOURCE) for _, code in found)
 
     def _value_matches(self, found: list[tuple[object, str | None]], slice_rule: ElementRule, plan: Plan,
                        segments: tuple[str, ...], services: SlicingServices) -> bool:
@@ -198,6 +201,7 @@ class SliceMatcher:
 
     def _expectations(self, point: _Point, segments: tuple[str, ...]) -> Iterator[tuple[str, object]]:
         """('fixed' | 'pattern' | 'binding', expected) pairs the discriminated value must meet."""
+        segments = _without_this(segments)
         rule = point.rule
         if not segments:
             if rule.fixed is not MISSING:
@@ -227,13 +231,27 @@ def _exists_matches(present: bool, points: list[_Point]) -> bool:
     return True
 
 
-
-def _profiles(points: list[_Point]) -> list[str]:
+def _slice_profiles(points: list[_Point], instance_type: str | None) -> list[str]:
+    """The profiles an instance of `instance_type` is checked against to belong to the slice: those its
+    types (or, after resolve(), its reference targets) name; a type naming none stands for the type's
+    own definition, which every instance of that type meets (as HAPI and Firely read it)."""
     profiles = []
     for point in points:
         for type_ref in point.rule.types:
-            profiles.extend(type_ref.target_profiles if point.resolved else type_ref.profiles)
+            named = type_ref.target_profiles if point.resolved else type_ref.profiles
+            if named:
+                profiles.extend(named)
+            elif (base := _base_definition(type_ref.code, instance_type, point.resolved)) is not None:
+                profiles.append(base)
     return profiles
+
+
+def _base_definition(slice_type: str, instance_type: str | None, resolved: bool) -> str | None:
+    """The core StructureDefinition of a slice type declared without profile. Reference(Any) and
+    Resource accept any resource: the instance's own type is the one that must match."""
+    if resolved or slice_type in _ANY_RESOURCE:
+        return CORE_PREFIX + instance_type if instance_type else None
+    return CORE_PREFIX + slice_type
 
 
 def _extension_url(rule: ElementRule) -> str | None:
@@ -255,6 +273,11 @@ def _in_value_set(value: object, value_set: str, services: SlicingServices) -> b
         return any(isinstance(c, dict) and isinstance(c.get("code"), str)
                    and services.member_of(value_set, c.get("system"), c["code"]) is True for c in codings)
     return False
+
+
+def _without_this(segments: tuple[str, ...]) -> tuple[str, ...]:
+    """`$this` names the element itself: `$this.code` is `code`, and `$this` alone is the element."""
+    return tuple(segment for segment in segments if segment != "$this")
 
 
 def _navigate_data(value: object, segments: tuple[str, ...]) -> list[object]:

@@ -7,7 +7,9 @@ with `ensure_snapshot`. The algorithm follows the FHIR rules closely enough for 
 - elements are addressed by `ElementDefinition.id` (`Patient.identifier:INS.system`); a differential
   without ids gets them derived from `path` and the slices it opened;
 - a slice (`Patient.identifier:INS`) is a copy of the sliced element and of its children, placed
-  after that element's previous slices; a new slice's `min` is 0 unless the differential says more;
+  after that element's previous slices; a new slice's `min` is 0 unless the differential says more; a
+  slice the snapshot already has (from the base, or from a type profile expanded on the way) is
+  constrained in place, never added twice;
 - a constraint on a child of a complex datatype (`Patient.identifier.system`) expands the
   datatype's own snapshot in place (or the snapshot of the profile named in `type.profile`, which is
   how extension slices get their `url` and `value[x]`);
@@ -131,10 +133,12 @@ class _SnapshotBuilder:
             return None
         if self.elements[parent]["id"] != parent_id:     # the parent was a renamed choice
             return self._locate(f"{self.elements[parent]['id']}.{last}")
+        index = self._index_of(element_id)       # locating the parent may have brought the element in
+        if index is not None:
+            return index
         name, _, slice_name = last.partition(":")
         if slice_name:
-            sliced = self._locate(sliced_element_id(parent_id, name, slice_name))
-            return None if sliced is None else self._add_slice(sliced, element_id, slice_name)
+            return self._locate_slice(parent_id, name, slice_name, element_id)
         if not self._has_children(parent) and self._expand_children(parent):
             index = self._index_of(element_id)
             if index is not None:
@@ -180,6 +184,15 @@ class _SnapshotBuilder:
                 yield element
 
     # -- slices -------------------------------------------------------------------------------------
+    def _locate_slice(self, parent_id: str, name: str, slice_name: str, slice_id: str) -> int | None:
+        sliced = self._locate(sliced_element_id(parent_id, name, slice_name))
+        if sliced is None:
+            return None
+        # Locating the sliced element may have expanded a type profile that already defines this slice
+        # (`address.extension:commune` from an Address profile): constrain that one, do not add a copy.
+        existing = self._index_of(slice_id)
+        return existing if existing is not None else self._add_slice(sliced, slice_id, slice_name)
+
     def _add_slice(self, sliced: int, slice_id: str, slice_name: str) -> int:
         base = self.elements[sliced]
         end = self._subtree_end(sliced, with_slices=False)

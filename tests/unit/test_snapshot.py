@@ -253,3 +253,74 @@ def test_unknown_base_is_an_error() -> None:
     orphan["baseDefinition"] = EX + "nowhere"
     with pytest.raises(SnapshotError, match="unknown base definition"):
         ensure_snapshot(orphan, load_definitions())
+
+
+# -- slices that the base already brings through a type profile -------------------------------------
+ADRESSE = {
+    "resourceType": "StructureDefinition", "url": EX + "adresse", "name": "Adresse", "status": "active",
+    "kind": "complex-type", "abstract": False, "type": "Address", "derivation": "constraint",
+    "baseDefinition": CORE + "Address",
+    "differential": {"element": [
+        {"id": "Address.extension:commune", "path": "Address.extension", "sliceName": "commune", "max": "1",
+         "type": [{"code": "Extension", "profile": [EX + "niveau"]}]},
+    ]},
+}
+PATIENT_ADRESSE = {
+    "resourceType": "StructureDefinition", "url": EX + "patient-adresse", "name": "PatientAdresse",
+    "status": "active", "kind": "resource", "abstract": False, "type": "Patient", "derivation": "constraint",
+    "baseDefinition": CORE + "Patient",
+    "differential": {"element": [
+        {"id": "Patient.address", "path": "Patient.address",
+         "type": [{"code": "Address", "profile": [EX + "adresse"]}]},
+    ]},
+}
+
+
+def with_address_profiles(definitions: Definitions) -> Definitions:
+    extended = Definitions(structures=dict(definitions.structures))
+    for sd in (ADRESSE, PATIENT_ADRESSE):
+        extended.add(copy.deepcopy(sd))
+    return extended
+
+
+def constraining(base: str, *elements: dict) -> dict:
+    sd = profile_with(*elements)
+    sd["url"], sd["baseDefinition"] = EX + "contrainte", base
+    return sd
+
+
+COMMUNE_REQUIRED = {"id": "Patient.address.extension:commune", "path": "Patient.address.extension",
+                    "sliceName": "commune", "min": 1}
+
+
+@pytest.mark.parametrize(("base", "elements"), [
+    # the slice comes from the type profile of Patient.address, named directly (no `extension` element first)
+    (CORE + "Patient", [{"id": "Patient.address", "path": "Patient.address",
+                         "type": [{"code": "Address", "profile": [EX + "adresse"]}]}, COMMUNE_REQUIRED]),
+    # the same, with Patient.address typed by the inherited profile
+    (EX + "patient-adresse", [COMMUNE_REQUIRED]),
+    # a child of the slice only: the slice itself is not repeated in the differential
+    (EX + "patient-adresse", [{"id": "Patient.address.extension:commune.value[x]",
+                               "path": "Patient.address.extension.value[x]", "short": "Commune"}]),
+], ids=["type-profile", "inherited-type-profile", "child-of-inherited-slice"])
+def test_a_slice_brought_by_a_type_profile_is_merged_not_added_again(
+        definitions: Definitions, base: str, elements: list[dict]) -> None:
+    snapshot = ensure_snapshot(constraining(base, *elements), with_address_profiles(definitions))
+    order = ids(snapshot)
+    assert order.count("Patient.address.extension:commune") == 1
+    assert len(order) == len(set(order))
+    commune = element(snapshot, "Patient.address.extension:commune")
+    assert commune["type"] == [{"code": "Extension", "profile": [EX + "niveau"]}]   # from the type profile
+    assert commune["max"] == "1"
+
+
+def test_a_constrained_slice_from_a_type_profile_keeps_the_differential(definitions: Definitions) -> None:
+    snapshot = ensure_snapshot(constraining(EX + "patient-adresse", COMMUNE_REQUIRED),
+                               with_address_profiles(definitions))
+    assert element(snapshot, "Patient.address.extension:commune")["min"] == 1
+
+    child = {"id": "Patient.address.extension:commune.value[x]", "path": "Patient.address.extension.value[x]",
+             "short": "Commune"}
+    snapshot = ensure_snapshot(constraining(EX + "patient-adresse", child), with_address_profiles(definitions))
+    assert [e["short"] for e in snapshot["snapshot"]["element"]
+            if e["id"] == "Patient.address.extension:commune.value[x]"] == ["Commune"]
