@@ -1,6 +1,8 @@
 """Cost of the access decision: `DocumentReference?patient=...` as a professional under a
 patient with 5 Consents, as the patient, and with access control out of the way (a back-end
-system token, no filter), in the same run against the same data."""
+system token, no filter), in the same run against the same data. Other patients' documents
+fill the collection around the measured record, so a query that left the index for a
+collection scan would show here."""
 
 from __future__ import annotations
 
@@ -34,6 +36,16 @@ def _actor(kind: str, rpps: str) -> dict:
                                      "reference": {"identifier": {"system": RPPS, "value": rpps}}}]}
 
 
+def load_population(client: httpx.Client, documents: int, patients: int = 100) -> None:
+    """Documents of other patients, written as one batch per patient."""
+    per_patient = max(1, documents // patients)
+    for p in range(patients):
+        entries = [{"resource": pdsm_document(f"other-{p}-{i}", f"other-{p}", "Practitioner/ps-author"),
+                    "request": {"method": "PUT", "url": f"DocumentReference/other-{p}-{i}"}}
+                   for i in range(per_patient)]
+        client.post("/", json={"resourceType": "Bundle", "type": "batch", "entry": entries}).raise_for_status()
+
+
 def load(client: httpx.Client, documents: int) -> None:
     client.put("/Patient/bench-patient", json={"resourceType": "Patient", "id": "bench-patient",
                                                "identifier": [{"system": INS, "value": PATIENT_INS}]})
@@ -55,9 +67,9 @@ def load(client: httpx.Client, documents: int) -> None:
         client.put(f"/Consent/{consent['id']}", json=consent).raise_for_status()
 
 
-def main(operations: int = 300, documents: int = 60) -> None:
-    print(f"Access-decision benchmark: DocumentReference?patient=... ({documents} documents, 5 Consents), "
-          f"{operations} searches per actor")
+def main(operations: int = 300, documents: int = 60, population: int = 3000) -> None:
+    print(f"Access-decision benchmark: DocumentReference?patient=... ({documents} documents, 5 Consents, "
+          f"{population} documents of 100 other patients), {operations} searches per actor")
     issuer = BenchIssuer()
     actors = {
         "system (no access filter)": issuer.system(),
@@ -70,6 +82,7 @@ def main(operations: int = 300, documents: int = 60) -> None:
         # audit off: this measures the access decision alone (the audit has its own figures)
         with server(uri, name, {**issuer.env, "FHIR_AUDIT": "off"}) as base:
             with httpx.Client(base_url=base, headers=issuer.system(), timeout=60) as loader:
+                load_population(loader, population)
                 load(loader, documents)
             for label, headers in actors.items():
                 with httpx.Client(base_url=base, headers=headers, timeout=60) as client:

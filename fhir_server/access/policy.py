@@ -3,12 +3,13 @@
 At write time every resource gets an `_acl` sub-document (beside `_index`, in the current
 version and in its history version) that denormalises what the decision needs: the patients
 whose compartment holds it (`patients`), its authors and the actors the patient authorised
-(`authorised`), and two lists of deny tokens: `own` from the resource itself (`!masked` for
-MASQUE_PS, `!invisible` for INVISIBLE_PATIENT, `class:X` for the access matrix) and `consent`
-from the patient's Consents (blocked actor keys, `!opposed`, `!masked` for a document a Consent
-masks, the emergency rule). When a Consent changes, the consent state of that patient is recomputed and written into
-every resource of the patient in the same transaction, so a change takes effect on the next
-request with no cache to go stale.
+(`authorised`), and deny tokens: `own` from the resource itself (`!masked` for MASQUE_PS,
+`!invisible` for INVISIBLE_PATIENT, `class:X` for the access matrix), `consent` from the
+patient's Consents (blocked actor keys, `!opposed`, `!masked` for a document a Consent masks,
+the emergency rule), and `deny`, their union, which is the only list the read filters test (one
+set test per rule instead of two). When a Consent changes, the consent state of that patient is
+recomputed and written into every resource of the patient in the same transaction, so a change
+takes effect on the next request with no cache to go stale.
 
 At read time the actor's rights become one MongoDB filter over `_acl`, AND-ed into every query
 (read, vread, search, includes, totals, history, $everything), so paging and totals cannot leak.
@@ -44,6 +45,8 @@ EMERGENCY_REFUSED = "!emergency-refused"
 EMERGENCY_ALLOWED = "+emergency-allowed"
 NOTHING = {"_id": {"$in": []}}
 REFERENCE_DATA = {"_acl.patients": {"$exists": False}}
+ACL_SCHEMA = "acl-schema"
+ACL_SCHEMA_VERSION = 2            # 2: `_acl.deny`, the union of `own` and `consent`
 AUTHORED_ELEMENTS = ("author", "recorder", "asserter", "requester", "performer", "sender", "source", "attester")
 
 # Conformance and directory resources anyone authenticated (or not, for conformance) may read.
@@ -96,12 +99,14 @@ class AccessPolicy:
             own.append(MASKED)
         if INVISIBLE_TO_PATIENT in labels:
             own.append(INVISIBLE)
+        consent = _consent_tokens(state, f"{resource_type}/{resource.get('id')}")
         acl = {
             "patients": patients,
             "authors": sorted(_authors(resource)),
             "authorised": sorted(state.authorised),
             "own": sorted(own),
-            "consent": _consent_tokens(state, f"{resource_type}/{resource.get('id')}"),
+            "consent": consent,
+            "deny": sorted({*own, *consent}),
         }
         if resource_type in PRIVATE_TO_PARTICIPANTS:
             acl["participants"] = sorted(_participants(resource))
@@ -140,18 +145,29 @@ class AccessPolicy:
         (current and historical versions)."""
         state = consent_state(consents, self._reference_keys)
         self.store.put_meta(f"consent:{patient}", state.to_document(), session)
-        values = {"_acl.authorised": sorted(state.authorised), "_acl.consent": _consent_tokens(state, None)}
+        update = _consent_update(_consent_tokens(state, None), sorted(state.authorised))
         for collection in [*self.compartment_params, "_history"]:
-            self.store.update_many(collection, {"_acl.patients": patient}, {"$set": values}, session)
-        masked_tokens = _consent_tokens(state, "masked")
+            self.store.update_many(collection, {"_acl.patients": patient}, update, session)
+        masked = _consent_update(_consent_tokens(state, "masked"))
         for reference in state.masked:
             resource_type, _, resource_id = reference.partition("/")
             if resource_type in self.compartment_params:
-                self.store.update_many(resource_type, {"_id": resource_id, "_acl.patients": patient},
-                                       {"$set": {"_acl.consent": masked_tokens}}, session)
-                self.store.update_many("_history", {"type": resource_type, "id": resource_id},
-                                       {"$set": {"_acl.consent": masked_tokens}}, session)
+                self.store.update_many(resource_type, {"_id": resource_id, "_acl.patients": patient}, masked, session)
+                self.store.update_many("_history", {"type": resource_type, "id": resource_id}, masked, session)
         return state
+
+    def upgrade_stored_acls(self) -> None:
+        """Bring `_acl` sub-documents written by an older version to the current layout (once per
+        database: the schema version is kept in `_meta`)."""
+        done = self.store.get_meta(ACL_SCHEMA) or {}
+        if done.get("version", 0) >= ACL_SCHEMA_VERSION:
+            return
+        union = [{"$set": {"_acl.deny": {"$setUnion": [{"$ifNull": ["$_acl.own", []]},
+                                                       {"$ifNull": ["$_acl.consent", []]}]}}}]
+        for collection in [*self.compartment_params, "_history"]:
+            self.store.update_many(collection, {"_acl.patients": {"$exists": True}, "_acl.deny": {"$exists": False}},
+                                   union, None)
+        self.store.put_meta(ACL_SCHEMA, {"version": ACL_SCHEMA_VERSION})
 
     def _reference_keys(self, literal: str | None) -> set[str]:
         """Identifier keys (RPPS, FINESS) of a Practitioner / Organization a Consent points at."""
@@ -225,8 +241,8 @@ class AccessPolicy:
         if actor.kind == "auditor":
             return None if resource_type == "AuditEvent" else REFERENCE_DATA
         if actor.kind == "patient":
-            own_record = {"_acl.patients": {"$in": access.patients}, "_acl.own": {"$ne": INVISIBLE}}
-            return {"$or": [REFERENCE_DATA, own_record]}
+            # `$in` with null also matches a missing `_acl.patients`: reference data
+            return {"$and": [{"_acl.patients": {"$in": [*access.patients, None]}}, {"_acl.deny": {"$ne": INVISIBLE}}]}
         if resource_type == "AuditEvent":
             return NOTHING                 # professionals never read the audit trail
         if resource_type in PRIVATE_TO_PARTICIPANTS:
@@ -235,22 +251,20 @@ class AccessPolicy:
         return self._practitioner_filter(access, actor)
 
     def _practitioner_filter(self, access: RequestAccess, actor: Actor) -> dict:
-        """Visible: reference data; what the professional authored; otherwise when no deny token of
-        the resource concerns this professional. Deny tokens are precomputed at write time so that
-        the filter stays a few set tests (see `_consent_tokens`)."""
+        """Visible: what no deny token concerns (reference data has no `_acl`, and `$nin` matches a
+        missing field); what the professional authored; what the patient authorised them to see
+        despite masking or opposition. Deny tokens are precomputed at write time so that the
+        filter stays a few set tests (see `_consent_tokens`); the common case is the first branch."""
         keys = access.keys
         denied_classes = [f"class:{c}" for c in self.matrix.denied_classes(actor.profession)]
         branches: list[dict] = [
-            REFERENCE_DATA,
+            {"_acl.deny": {"$nin": [MASKED, OPPOSED, *denied_classes, *keys]}},
             {"_acl.authors": {"$in": keys}},
-            {"_acl.authorised": {"$in": keys}, "_acl.own": {"$nin": denied_classes},
-             "_acl.consent": {"$nin": keys}},
-            {"_acl.own": {"$nin": [MASKED, *denied_classes]}, "_acl.consent": {"$nin": [*keys, OPPOSED, MASKED]}},
+            {"_acl.authorised": {"$in": keys}, "_acl.deny": {"$nin": [*denied_classes, *keys]}},
         ]
         if actor.is_emergency:
-            branches.append({"_acl.own": {"$ne": MASKED},
-                             "_acl.consent": {"$nin": [*keys, OPPOSED, MASKED, EMERGENCY_REFUSED]}})
-            branches.append({"_acl.own": {"$ne": MASKED}, "_acl.consent": {"$all": [EMERGENCY_ALLOWED], "$ne": MASKED}})
+            branches.append({"_acl.deny": {"$nin": [*keys, OPPOSED, MASKED, EMERGENCY_REFUSED]}})
+            branches.append({"_acl.deny": {"$all": [EMERGENCY_ALLOWED], "$ne": MASKED}})
         return {"$or": branches}
 
     def check_interaction(self, access: RequestAccess, resource_type: str, interaction: str) -> None:
@@ -283,6 +297,16 @@ class AccessPolicy:
                                         "be added to it")])
         if actor.kind == "practitioner" and set(access.keys) & set(acl.get("consent", [])):
             raise error(403, "forbidden", "The patient has blocked this professional or organisation")
+
+
+def _consent_update(tokens: list[str], authorised: list[str] | None = None) -> list[dict]:
+    """An update pipeline that sets `_acl.consent` (and `_acl.authorised`) and recomputes
+    `_acl.deny` from it; values are `$literal` so that no token is read as a field path."""
+    values: dict[str, Any] = {"_acl.consent": {"$literal": tokens},
+                              "_acl.deny": {"$setUnion": [{"$ifNull": ["$_acl.own", []]}, {"$literal": tokens}]}}
+    if authorised is not None:
+        values["_acl.authorised"] = {"$literal": authorised}
+    return [{"$set": values}]
 
 
 def _consent_tokens(state: ConsentState, reference: str | None) -> list[str]:

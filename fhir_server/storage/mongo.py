@@ -1,7 +1,14 @@
 """MongoDB storage through pymongo.
 
 Works against a real replica set / sharded cluster and against the embedded MongoDB-wire server
-used for development and tests. Multi-document transactions are used when the deployment
+used for development and tests.
+
+Queries carry two kinds of conditions: flat field conditions (what indexes serve: patient,
+status, date...) and top-level operators (`$or`/`$and`: the access filter, alternatives). A query
+with both runs as an aggregation whose first `$match` holds the flat part and the second the
+rest (see `_stages`): MongoDB merges adjacent `$match` stages and plans them as one find, while
+simpler planners (the embedded server) serve the first from an index instead of scanning the
+collection because of the operators. Multi-document transactions are used when the deployment
 supports them (replica set or mongos); a standalone mongod has no transactions, so there each
 write is still atomic per document but a failing transaction bundle cannot be rolled back (the
 server refuses transaction bundles there rather than apply them half-way).
@@ -120,7 +127,10 @@ class MongoStore:
     def get(self, resource_type: str, resource_id: str, session: Session = None,
             where: dict | None = None) -> dict | None:
         """The current version, if it exists and matches `where` (an access filter)."""
-        return self.db[resource_type].find_one(_and({"_id": resource_id}, where), session=session)
+        if not where:
+            return self.db[resource_type].find_one({"_id": resource_id}, session=session)
+        found = self._query(self.db[resource_type], {"_id": resource_id}, where, limit=1, session=session)
+        return found[0] if found else None
 
     def insert(self, resource_type: str, doc: dict, session: Session = None) -> None:
         try:
@@ -149,24 +159,22 @@ class MongoStore:
         projection: dict | None = None,
         session: Session = None,
     ) -> list[dict]:
-        cursor = self.db[resource_type].find(query, projection, session=session)
-        if sort:
-            cursor = cursor.sort(sort)
-        if limit:
-            cursor = cursor.limit(limit)
-        return list(cursor)
+        indexed, residual = _split(query)
+        return self._query(self.db[resource_type], indexed, residual, sort, limit, projection, session)
 
     def count(self, resource_type: str, query: dict, limit: int = 0, session: Session = None) -> int:
-        kwargs: dict[str, Any] = {"limit": limit} if limit else {}
-        return self.db[resource_type].count_documents(query, session=session, **kwargs)
+        return self._count(self.db[resource_type], query, limit, session)
 
     def explain(self, resource_type: str, query: dict, sort: list[tuple[str, int]] | None = None) -> dict:
-        cursor = self.db[resource_type].find(query)
+        """The plan of the stage that reaches the collection: the flat part of the query (the
+        operators run on the documents it fetches, see `_stages`)."""
+        cursor = self.db[resource_type].find(_split(query)[0])
         if sort:
             cursor = cursor.sort(sort)
         return cursor.explain()
 
-    def update_many(self, collection: str, query: dict, update: dict, session: Session = None) -> int:
+    def update_many(self, collection: str, query: dict, update: dict | list[dict], session: Session = None) -> int:
+        """`update` is an update document or an update pipeline."""
         return self.db[collection].update_many(query, update, session=session).modified_count
 
     # -- history -----------------------------------------------------------------------------
@@ -183,16 +191,49 @@ class MongoStore:
         )
         if latest is None or where is None:
             return latest
-        return self.db[HISTORY].find_one(_and({"_id": latest["_id"]}, where), session=session)
+        found = self._query(self.db[HISTORY], {"_id": latest["_id"]}, where, limit=1, session=session)
+        return found[0] if found else None
 
     def get_version(self, resource_type: str, resource_id: str, ver: int, where: dict | None = None) -> dict | None:
-        return self.db[HISTORY].find_one(_and({"_id": f"{resource_type}/{resource_id}/{ver}"}, where))
+        found = self._query(self.db[HISTORY], {"_id": f"{resource_type}/{resource_id}/{ver}"}, where, limit=1)
+        return found[0] if found else None
 
     def find_versions(self, query: dict, sort: list[tuple[str, int]], limit: int) -> list[dict]:
-        return list(self.db[HISTORY].find(query).sort(sort).limit(limit))
+        indexed, residual = _split(query)
+        return self._query(self.db[HISTORY], indexed, residual, sort, limit)
 
     def count_versions(self, query: dict) -> int:
-        return self.db[HISTORY].count_documents(query)
+        return self._count(self.db[HISTORY], query)
+
+    # -- query execution -----------------------------------------------------------------------
+    @staticmethod
+    def _query(collection: Any, indexed: dict, residual: dict | None, sort: list[tuple[str, int]] | None = None,
+               limit: int = 0, projection: dict | None = None, session: Session = None) -> list[dict]:
+        if not residual:
+            cursor = collection.find(indexed, projection, session=session)
+            if sort:
+                cursor = cursor.sort(sort)
+            if limit:
+                cursor = cursor.limit(limit)
+            return list(cursor)
+        pipeline = _stages(indexed, residual)
+        if sort:
+            pipeline.append({"$sort": dict(sort)})
+        if limit:
+            pipeline.append({"$limit": limit})
+        if projection:
+            pipeline.append({"$project": projection})
+        return list(collection.aggregate(pipeline, session=session))
+
+    @staticmethod
+    def _count(collection: Any, query: dict, limit: int = 0, session: Session = None) -> int:
+        indexed, residual = _split(query)
+        if not residual:
+            kwargs: dict[str, Any] = {"limit": limit} if limit else {}
+            return collection.count_documents(indexed, session=session, **kwargs)
+        pipeline = _stages(indexed, residual) + ([{"$limit": limit}] if limit else []) + [{"$count": "n"}]
+        counted = list(collection.aggregate(pipeline, session=session))
+        return counted[0]["n"] if counted else 0
 
     def versions_current_at(self, query: dict, at: datetime, limit: int, skip: int = 0) -> list[dict]:
         """For `_history?_at=`: per resource, the version that was current at `at`."""
@@ -215,5 +256,15 @@ class MongoStore:
         self.db[META].replace_one({"_id": key}, {"_id": key, **value}, upsert=True, session=session)
 
 
-def _and(query: dict, where: dict | None) -> dict:
-    return {"$and": [query, where]} if where else query
+def _split(query: dict) -> tuple[dict, dict | None]:
+    """(flat field conditions, top-level operators) of a query."""
+    residual = {k: v for k, v in query.items() if k.startswith("$")}
+    if not residual:
+        return query, None
+    return {k: v for k, v in query.items() if not k.startswith("$")}, residual
+
+
+def _stages(indexed: dict, residual: dict) -> list[dict]:
+    if not indexed:
+        return [{"$match": residual}]
+    return [{"$match": indexed}, {"$match": residual}]
