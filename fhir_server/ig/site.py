@@ -63,7 +63,8 @@ def build_site(definitions: Definitions, out: Path = SITE_DIR, pages: Path = PAG
         body = _profile_page(full, definitions, examples.get(sd["url"], []), pages)
         site.page(f"StructureDefinition-{sd['id']}.html", sd.get("title") or sd["id"], body)
     site.page("terminology.html", "Terminologie", _terminology_page(ours))
-    site.page("search-parameters.html", "Paramètres de recherche", _search_page(ours))
+    site.page("search-parameters.html", "Paramètres de recherche",
+              _markdown(pages / "search-parameters.md") + _search_page(ours))
     site.page("validation.html", "Validation", _markdown(pages / "validation.md"))
     site.page("security.html", "Modèle de sécurité", _markdown(pages / "security.md") + _access_matrix())
     for resource in ours:

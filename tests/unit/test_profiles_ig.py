@@ -13,6 +13,7 @@ from fhir_server.definitions import Definitions, load_definitions
 from fhir_server.ig import build_site, implementation_guide, published_by_us
 from fhir_server.ig.guide import IG_SOURCE
 from fhir_server.ig.markdown import render
+from fhir_server.ig.site import PAGES_DIR
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +66,33 @@ def test_a_page_per_profile_with_constraints_must_support_and_example(site: Path
     assert "bundle-vsm-synthese-medicale.json" in vsm and "Bundle.entry[0].resource" in vsm
 
 
+def test_every_published_profile_has_an_integrator_section(definitions: Definitions, site: Path) -> None:
+    """Each StructureDefinition we publish (profiles, extensions, datatypes) has its hand-written
+    `ig/pages/profiles/<id>.md`: who sends it, with which interaction, the rules integrators get
+    wrong, an example. A new profile without one fails here."""
+    missing, unrendered = [], []
+    for sd in published_by_us(definitions):
+        if sd["resourceType"] != "StructureDefinition":
+            continue
+        page = PAGES_DIR / "profiles" / f"{sd['id']}.md"
+        if not page.exists() or "## Pour l'intégrateur" not in page.read_text(encoding="utf-8"):
+            missing.append(sd["id"])
+            continue
+        html = (site / f"StructureDefinition-{sd['id']}.html").read_text(encoding="utf-8")
+        if 'id="pour-l-int-grateur"' not in html:
+            unrendered.append(sd["id"])
+    assert not missing, f"write ig/pages/profiles/<id>.md with a '## Pour l'intégrateur' section for {missing}"
+    assert not unrendered, unrendered
+
+
 def test_terminology_search_and_security_pages(site: Path) -> None:
     terminology = (site / "terminology.html").read_text(encoding="utf-8")
     assert "MASQUE_PS" in terminology and "sous-ensemble" in terminology
     assert "psychiatrie" in (site / "security.html").read_text(encoding="utf-8")
     security = (site / "security.html").read_text(encoding="utf-8")
     assert "Masseur-kinésithérapeute" in security and "refusé" in security and "ETREAT" in security
-    assert "period-start" in (site / "search-parameters.html").read_text(encoding="utf-8")
+    search = (site / "search-parameters.html").read_text(encoding="utf-8")
+    assert "period-start" in search and "conversation" in search          # generated table + usage rules
     assert "FR Core 2.1.0" in (site / "index.html").read_text(encoding="utf-8")
     downloaded = json.loads((site / "StructureDefinition-espace-consent.json").read_text(encoding="utf-8"))
     assert downloaded["snapshot"]["element"]
