@@ -116,9 +116,7 @@ class AccessPolicy:
         if resource_type == "Patient":
             return [f"Patient/{resource.get('id')}"]
         if resource_type == "Bundle" and resource.get("type") == "document":
-            # a persisted document (e.g. the VSM) belongs to the subject of its Composition
-            first = ((resource.get("entry") or [{}])[0] or {}).get("resource") or {}
-            return _patient_refs([(first.get("subject") or {}).get("reference")])
+            return self._document_patients(resource)
         params = self.compartment_params.get(resource_type)
         if not params:
             return []
@@ -127,6 +125,25 @@ class AccessPolicy:
             found = index.get(param)
             values += found if isinstance(found, list) else [found]
         return _patient_refs(values)
+
+    def _document_patients(self, bundle: dict) -> list[str]:
+        """A persisted document (e.g. the VSM) belongs to the subject of its Composition. Inside a
+        document that subject is usually a `urn:uuid:` entry: the Patient stored under its INS
+        when there is one, else the entry's own id."""
+        entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict)]
+        composition = (entries[0].get("resource") or {}) if entries else {}
+        reference = (composition.get("subject") or {}).get("reference")
+        if not (isinstance(reference, str) and reference.startswith("urn:")):
+            return _patient_refs([reference])
+        subject = next((e.get("resource") for e in entries if e.get("fullUrl") == reference), None)
+        if not isinstance(subject, dict) or subject.get("resourceType") != "Patient":
+            return []
+        for identifier in subject.get("identifier") or []:
+            if isinstance(identifier, dict) and identifier.get("system") in INS_SYSTEMS and identifier.get("value"):
+                stored = self._identified("Patient", INS_SYSTEMS, identifier["value"])
+                if stored:
+                    return [f"Patient/{i}" for i in stored]
+        return [f"Patient/{subject['id']}"] if isinstance(subject.get("id"), str) else []
 
     def _state_of(self, patients: list[str], session: Any) -> ConsentState:
         merged = ConsentState()

@@ -278,3 +278,19 @@ def test_a_persisted_document_is_private_to_the_patient(world, doctor, issuer_di
     stored = world.post("/fhir/Composition/exemple-vsm-lefevre/$document?persist=true", headers=doctor).json()
     stranger = bearer(issuer_dir, patient_claims(OTHER_INS))
     assert world.get(f"/fhir/Bundle/{stored['id']}", headers=stranger).status_code == 404
+
+
+def test_a_stored_document_belongs_to_the_patient_it_names_by_urn(world, elodie, issuer_dir):
+    """Inside a document Bundle the Composition's subject is a `urn:uuid:` entry: the stored
+    document still belongs to that patient's record (found by INS) and is hidden from others."""
+    document = example("bundle-vsm-synthese-medicale.json")
+    assert document["entry"][0]["resource"]["subject"]["reference"].startswith("urn:uuid:")
+    stored = world.put(f"/fhir/Bundle/{document['id']}", json=document)
+    assert stored.status_code in (200, 201), stored.text
+    assert world.get(f"/fhir/Bundle/{document['id']}", headers=elodie).status_code == 200
+    someone_else = bearer(issuer_dir, patient_claims(OTHER_INS))
+    insurer = bearer(issuer_dir, {"sub": "cpam", "actor": "insurer", "scope": "user/*.cruds"})
+    for stranger in (someone_else, insurer):
+        assert world.get(f"/fhir/Bundle/{document['id']}", headers=stranger).status_code == 404
+        found = world.get("/fhir/Bundle", params={"_id": document["id"], "_total": "accurate"}, headers=stranger)
+        assert found.json()["total"] == 0
