@@ -129,6 +129,7 @@ class FhirServer:
         self.interactions = Interactions(self.store, self.search_registry, self.search, self.validator.validate,
                                          self.policy)
         self.interactions.write_hooks.append(self._on_write)
+        self.interactions.write_hooks.append(self.search.on_write)      # containers, for `_contained` searches
         self.bundles = BundleProcessor(self.definitions, self.interactions, self.get,
                                        max_entries=settings.max_bundle_entries)
         self.operations = OperationRegistry()
@@ -145,6 +146,9 @@ class FhirServer:
         # Business rules on searches of a type (e.g. ITI-67 requires patient and status):
         # (ctx, resource_type, params) -> None, raising FhirError to refuse.
         self.search_rules: list[Callable[[RequestContext, str, list[tuple[str, str]]], None]] = []
+        # Rewrites of a search's parameters, after the rules: (resource_type, params) -> params
+        # (e.g. MHD's `author.given` names a parameter on the contained author; ITI-67 answers carry a total).
+        self.search_rewrites: list[Callable[[str, list[tuple[str, str]]], list[tuple[str, str]]]] = []
         for module in business_modules():
             module.install(self)
 
@@ -155,6 +159,8 @@ class FhirServer:
             specs.setdefault(collection, []).extend(extra)
         self.store.ensure_collections(specs)
         self._register_stored_search_parameters()
+        self.search.upgrade_index_layout()
+        self.policy.upgrade_stored_acls()
         for hook in self.startup_hooks:
             hook()
         for service in self.services:
@@ -254,8 +260,13 @@ class FhirServer:
                 interaction = "operation"
         if interaction == "capabilities":
             return
-        self.observe(AccessEvent(ctx, interaction, resource_type, resource_id, compartment, query,
-                                 status=exc.status, error=exc))
+        try:
+            self.observe(AccessEvent(ctx, interaction, resource_type, resource_id, compartment, query,
+                                     status=exc.status, error=exc))
+        except FhirError as failure:
+            # The refusal itself could not be audited (e.g. 503, audit chain busy): the caller
+            # answers `exc`, so that failure becomes the answer rather than escaping as a 500.
+            exc.status, exc.issues, exc.headers = failure.status, failure.issues, failure.headers
 
     def _get(self, segments: list[str], path: str, query: list[tuple[str, str]], ctx: RequestContext) -> Result:
         if not segments:
@@ -299,6 +310,9 @@ class FhirServer:
         if resource_type is not None and compartment is None:
             for rule in self.search_rules:
                 rule(ctx, resource_type, query)
+        if resource_type is not None:
+            for rewrite in self.search_rewrites:
+                query = rewrite(resource_type, query)
         return self.search.search(resource_type, query, base_url=ctx.base_url, strict=ctx.strict_handling,
                                   extra_filter=self._access_filter(ctx),
                                   compartment=compartment)

@@ -6,13 +6,14 @@ operations before the response is sent, refusals (401/403/404) too. AuditEvents 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
 from fhir_server.audit.immutable import refuse_change
 from fhir_server.audit.record import AuditRecord
-from fhir_server.audit.trail import AUDIT_INDEXES, AuditTrail
-from fhir_server.engine.errors import error
+from fhir_server.audit.trail import AUDIT_INDEXES, AuditChainConflict, AuditTrail
+from fhir_server.engine.errors import FhirError, error
 from fhir_server.engine.interactions import WriteEvent
 from fhir_server.engine.model import RequestContext, Result
 from fhir_server.engine.operations import Operation, OperationCall
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 
 NOT_AUDITED_OPERATIONS = frozenset({"validate", "expand", "validate-code", "lookup"})
 STATUS_OF_WRITE = {"create": 201}
+RETRY_AFTER_SECONDS = 1
+T = TypeVar("T")
 
 
 def install(server: FhirServer) -> None:
@@ -55,7 +58,7 @@ class Auditor:
         """`POST AuditEvent` (the TDE / ITI-20 feed): chained like the server's own events."""
         if ctx.access is not None and ctx.access.actor is not None and ctx.access.actor.kind != "system":
             raise error(403, "forbidden", "Only a trusted system may feed AuditEvents")
-        event_id = self.trail.append(resource, session)
+        event_id = audited(lambda: self.trail.append(resource, session))
         stored = self.server.store.get("AuditEvent", event_id, session)
         result = Result(201, stored["resource"], "1", stored["_lastUpdated"])
         result.location = f"AuditEvent/{event_id}/_history/1"
@@ -63,7 +66,7 @@ class Auditor:
 
     def on_write(self, event: WriteEvent) -> None:
         access = event.ctx.access
-        self.trail.record(AuditRecord(
+        record = AuditRecord(
             event.interaction, STATUS_OF_WRITE.get(event.interaction, 200),
             actor=access.actor if access else None,
             resource_type=event.resource_type, resource_id=event.resource_id, version=event.version,
@@ -71,7 +74,8 @@ class Auditor:
             data_titles=_titles([event.new or event.old or {}]),
             emergency=bool(access and access.actor and access.actor.is_emergency),
             actor_patients=list(access.patients) if access else [],
-        ), event.session)
+        )
+        audited(lambda: self.trail.record(record, event.session))
 
     # -- reads, searches, operations, refusals --------------------------------------------------
     def on_access(self, event: AccessEvent) -> None:
@@ -89,7 +93,7 @@ class Auditor:
             patients = [f"Patient/{event.compartment[1]}"]
         elif event.resource_type == "Patient" and event.resource_id and not patients:
             patients = [f"Patient/{event.resource_id}"] if event.status < 400 or access is None else []
-        self.trail.record(AuditRecord(
+        record = AuditRecord(
             event.interaction, event.status, actor=actor,
             resource_type=event.resource_type, resource_id=event.resource_id, version=event.version,
             query=_query_text(event) if event.interaction.startswith(("search", "history", "operation")) else None,
@@ -101,7 +105,8 @@ class Auditor:
             emergency=bool(actor and actor.is_emergency),
             consent_denied=consent_denied, consent_references=consent_references,
             actor_patients=list(access.patients) if access else [],
-        ))
+        )
+        audited(lambda: self.trail.record(record))
         notifier = getattr(self.server, "notifier", None)
         # on a hidden 404 `patients` are those of the hidden resource: no access happened
         if notifier is not None and event.error is None and event.status < 400 and actor is not None:
@@ -135,6 +140,22 @@ class Auditor:
         if not allowed:
             raise error(403, "forbidden", "Only the patient (or an auditor) may read the record's access history")
         return Result(200, self.trail.access_history(patient, call.params, call.ctx.base_url))
+
+
+def audited(write: Callable[[], T]) -> T:
+    """Run an audit write; when the chain stayed too busy to take the event, fail the request as
+    transient (503 + Retry-After): the client retries, and no data leaves unaudited."""
+    try:
+        return write()
+    except AuditChainConflict as exc:
+        raise audit_busy() from exc
+
+
+def audit_busy() -> FhirError:
+    failure = error(503, "transient", "The audit trail of this record is busy and the access could not be "
+                    f"recorded, so it was not performed; retry in {RETRY_AFTER_SECONDS} second(s)")
+    failure.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return failure
 
 
 PATIENT_SCOPED = frozenset({"patient", "entity", "_id", "patient:identifier", "entity:identifier"})

@@ -16,6 +16,11 @@ event, store.replace with the expected `_ver` afterwards). The head moves *befor
 written, so on a deployment without transactions a crash in between leaves a head pointing at a
 missing event (reported by `verify` as a missing link) rather than two events claiming the same
 predecessor (a silent fork).
+
+Contention: inside one process, appends to a chain queue on a striped lock (locks.py) rather than
+collide; the compare-and-set, retried with jittered backoff, covers the other processes. When the
+retries are exhausted the event is not written and `AuditChainConflict` is raised (the caller
+fails the request as transient: no unaudited access).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dateutil import parser as date_parser
 from fhir_server.audit.builder import BuiltEvent, build_events
 from fhir_server.audit.chain import GENESIS, chain_facts, chain_key, patients_of_event, with_chain, without_chain
 from fhir_server.audit.history import access_history
+from fhir_server.audit.locks import ChainLocks
 from fhir_server.audit.record import AuditRecord
 from fhir_server.audit.verify import VerifyReport, verify_chains
 from fhir_server.engine.model import instant, new_id, now
@@ -40,6 +46,10 @@ from fhir_server.storage.mongo import META
 
 AUDIT_EVENT = "AuditEvent"
 MAX_ATTEMPTS = 60
+# How long an append inside the caller's transaction waits for the chain lock (see _append_in_session).
+SESSION_LOCK_WAIT_SECONDS = 0.2
+BACKOFF_BASE_SECONDS = 0.002
+BACKOFF_MAX_SECONDS = 0.1
 
 # Indexes the audit trail relies on, in `MongoStore.ensure_collections` form: the chain walk
 # (chain order) and the access history (newest first, keyset on `_id`).
@@ -70,23 +80,19 @@ class AuditTrail:
         self.indexer = indexer
         self.policy = policy
         self.server_name = server_name
+        self.locks = ChainLocks()
 
     # -- writing --------------------------------------------------------------------------------
     def record(self, record: AuditRecord, session: Session = None) -> list[str]:
         """Write the AuditEvents of one interaction (one per patient concerned) and return their
         ids. With a session, they are written in the caller's transaction, so a write and its
         audit commit or fail together; a chain conflict then surfaces as the transaction's
-        transient write conflict and the caller retries the whole transaction."""
+        transient write conflict and the caller retries the whole transaction. Without one, they
+        are written together in a transaction of their own (one commit, not one per patient)."""
         events = build_events(record, self.server_name)
-        if session is not None or len(events) == 1:
-            return [self._append(built, session) for built in events]
-        # A search over many patients: all its events in one transaction (one commit, not one
-        # per patient), retried as a whole when a chain head moved under us.
-        return _retry(lambda: self._all_in_own_transaction(events), _is_retryable)
-
-    def _all_in_own_transaction(self, events: list[BuiltEvent]) -> list[str]:
-        with self.store.transaction() as own:
-            return [self._link_and_store(built, own) for built in events]
+        if session is not None:
+            return [self._append_in_session(built, session) for built in events]
+        return self._append_on_its_own(events)
 
     def append(self, event: dict, session: Session = None) -> str:
         """Chain and store an AuditEvent built elsewhere (e.g. received through `POST AuditEvent`,
@@ -98,18 +104,34 @@ class AuditTrail:
         resource["id"] = resource.get("id") or new_id()
         resource["meta"] = {**(resource.get("meta") or {}), "versionId": "1"}
         patients = sorted(set(patients_of_event(resource)))
-        return self._append(BuiltEvent(patients[0] if len(patients) == 1 else None, resource, False), session)
-
-    def _append(self, built: BuiltEvent, session: Session) -> str:
+        built = BuiltEvent(patients[0] if len(patients) == 1 else None, resource, False)
         if session is not None:
-            # Outside a transaction a CAS miss has written nothing yet, so retrying in place is
-            # safe; inside one the server reports the conflict as a transient error instead.
-            return _retry(lambda: self._link_and_store(built, session), _is_conflict)
-        return _retry(lambda: self._in_own_transaction(built), _is_retryable)
+            return self._append_in_session(built, session)
+        return self._append_on_its_own([built])[0]
 
-    def _in_own_transaction(self, built: BuiltEvent) -> str:
+    def _append_on_its_own(self, events: list[BuiltEvent]) -> list[str]:
+        # Held for the whole transaction, commit included: the next appender of this process then
+        # reads a committed head instead of colliding with ours.
+        with self.locks.holding(chain_key(built.patient) for built in events):
+            if self.store.supports_transactions:
+                return _retry(lambda: self._all_in_own_transaction(events), _is_retryable)
+            # No transactions: each event is one step of its own, retried alone (retrying the
+            # group would write again the events already linked).
+            return [_retry(lambda built=built: self._link_and_store(built, None), _is_conflict) for built in events]
+
+    def _all_in_own_transaction(self, events: list[BuiltEvent]) -> list[str]:
         with self.store.transaction() as own:
-            return self._link_and_store(built, own)
+            return [self._link_and_store(built, own) for built in events]
+
+    def _append_in_session(self, built: BuiltEvent, session: Session) -> str:
+        # The caller commits, not us, so the lock cannot be held until the head is committed, and
+        # waiting for it without limit could deadlock: its holder may be retrying against the
+        # head this very transaction moved. So wait briefly (usually enough for a reader of this
+        # process to commit), then go on and let the compare-and-set decide.
+        with self.locks.briefly(chain_key(built.patient), SESSION_LOCK_WAIT_SECONDS):
+            # A CAS miss has written nothing yet, so retrying in place is safe; a conflict the
+            # server reports as a transient transaction error goes to the caller's retry loop.
+            return _retry(lambda: self._link_and_store(built, session), _is_conflict)
 
     def _link_and_store(self, built: BuiltEvent, session: Session) -> str:
         key = chain_key(built.patient)
@@ -183,6 +205,6 @@ def _retry(action: Callable[[], T], retryable: Callable[[BaseException], bool]) 
                 raise
             if attempt == MAX_ATTEMPTS - 1:
                 raise AuditChainConflict(f"the audit chain kept changing during {MAX_ATTEMPTS} attempts") from exc
-            # jittered backoff so that writers contending for one patient's chain spread out
-            time.sleep(random.uniform(0, min(0.002 * 2 ** attempt, 0.1)))
+            # full-jitter backoff, so that processes contending for one chain spread out
+            time.sleep(random.uniform(0, min(BACKOFF_BASE_SECONDS * 2 ** attempt, BACKOFF_MAX_SECONDS)))
     raise AssertionError("unreachable")

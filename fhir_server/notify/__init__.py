@@ -11,7 +11,8 @@
 
 Flow: a write (hook, same transaction) -> notification Communication in the record + outbox item
 -> worker thread (after commit) -> matching subscriptions -> deliveries with retries/backoff ->
-rest-hook endpoint or websocket `ping <id>`.
+rest-hook endpoint (if the endpoint policy allows it, endpoints.py) or websocket `ping <id>` (by
+the worker of the process holding the socket, whichever process handled the write).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def install(server: FhirServer) -> None:
     notifier = Notifier(server, store)
     notifier.worker = DeliveryWorker(Dispatcher(server, notifier))
     server.notifier = notifier
-    server.startup_hooks.append(store.ensure)
+    server.startup_hooks.append(lambda: store.ensure(notifier.config.delivery_log_ttl_seconds))
     server.interactions.write_rules.append(notifier.rules.check)
     server.interactions.write_rules.append(notifier.refuse_forged_notifications)
     server.interactions.write_hooks.append(notifier.on_write)

@@ -5,16 +5,25 @@
 - rest-hook with payload: the endpoint is a FHIR base; `PUT [endpoint]/[type]/[id]` with the
   resource in the payload's format (R4 SubscriptionChannelType definition).
 - websocket: `ping <subscription id>` to the clients bound to the subscription in this process.
+
+A rest-hook attempt first asks the endpoint policy (endpoints.py) for the address to call, then
+connects to that very address (the host name still goes in the Host header and TLS checks), with
+no proxy from the environment and no redirect followed: nothing else may choose where it goes.
 """
 
 from __future__ import annotations
 
+import http.client
+import socket
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fhir_server.formats.json import dump_json
 from fhir_server.formats.xml import resource_to_xml
+from fhir_server.notify.endpoints import EndpointPolicy, EndpointRefused
 from fhir_server.notify.hub import WebsocketHub
 
 JSON_PAYLOADS = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})
@@ -32,6 +41,7 @@ class Outcome:
     status: int | None = None
     error: str | None = None
     skipped: bool = False
+    refused: bool = False            # the endpoint policy forbids calling it: retrying will not help
 
 
 def header_pairs(headers: list[str]) -> list[tuple[str, str]]:
@@ -58,7 +68,7 @@ def payload_kind(payload: str | None) -> str | None:
                      "application/fhir+xml, or leave it empty)")
 
 
-def rest_hook(channel: dict, resource: dict | None, timeout: float) -> Outcome:
+def rest_hook(channel: dict, resource: dict | None, timeout: float, policy: EndpointPolicy) -> Outcome:
     """One rest-hook attempt. `resource` is the current version of the resource that triggered
     it (sent only when the channel asks for a payload)."""
     kind = payload_kind(channel.get("payload"))
@@ -72,18 +82,57 @@ def rest_hook(channel: dict, resource: dict | None, timeout: float) -> Outcome:
         headers["Content-Type"] = f"application/fhir+{kind}; charset=utf-8"
         url = f"{endpoint.rstrip('/')}/{resource['resourceType']}/{resource['id']}"
         request = urllib.request.Request(url, data=body, method="PUT", headers=headers)
-    return _send(request, timeout)
-
-
-def _send(request: urllib.request.Request, timeout: float) -> Outcome:
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        address = policy.address_for(request.full_url)
+    except EndpointRefused as exc:
+        return Outcome(False, None, f"{request.get_method()} {request.full_url} refused: {exc}", refused=True)
+    except OSError as exc:
+        return Outcome(False, None, f"{request.get_method()} {request.full_url} failed: cannot resolve the host: {exc}")
+    return _send(request, timeout, address)
+
+
+def _send(request: urllib.request.Request, timeout: float, address: str) -> Outcome:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects(), _PinnedHandler(address))
+    try:
+        with opener.open(request, timeout=timeout) as response:
             return Outcome(True, response.status)
     except urllib.error.HTTPError as exc:
         return Outcome(False, exc.code, f"{request.get_method()} {request.full_url} answered {exc.code} {exc.reason}")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return Outcome(False, None, f"{request.get_method()} {request.full_url} failed: {reason}")
+
+
+def _pinned(connection_class: type[http.client.HTTPConnection], address: str) -> Callable[..., Any]:
+    """A connection class bound to `address` whatever its host resolves to now."""
+    def connection(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+        made = connection_class(host, **kwargs)
+        # http.client keeps its socket factory as an attribute for this kind of substitution;
+        # HTTPS then wraps the socket with the host name (SNI, certificate check).
+        made._create_connection = lambda target, *args: socket.create_connection((address, target[1]), *args)
+        return made
+    return connection
+
+
+class _PinnedHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Opens http and https connections to one checked address."""
+
+    def __init__(self, address: str) -> None:
+        urllib.request.HTTPSHandler.__init__(self)
+        self.address = address
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_pinned(http.client.HTTPConnection, self.address), req)
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_pinned(http.client.HTTPSConnection, self.address), req)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect could lead anywhere, past the endpoint policy: it is an answer, not followed."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl) -> None:
+        return None
 
 
 def websocket(hub: WebsocketHub, subscription_id: str) -> Outcome:

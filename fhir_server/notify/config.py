@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from fhir_server.notify.endpoints import EndpointPolicy
+
+DAY_SECONDS = 86_400
+
 
 def _float(name: str, default: float) -> float:
     value = os.environ.get(name)
@@ -30,6 +34,15 @@ class NotifyConfig:
     lease_seconds: float = field(default_factory=lambda: _float("FHIR_NOTIFY_LEASE_SECONDS", 120.0))
     # Items handled per worker round before it looks at statuses again.
     batch: int = field(default_factory=lambda: _int("FHIR_NOTIFY_BATCH", 50))
+    # Finished deliveries (the $status log) are removed this long after they finished; 0 keeps them.
+    delivery_log_ttl_days: float = field(default_factory=lambda: _float("FHIR_NOTIFY_DELIVERY_LOG_TTL_DAYS", 30.0))
+    # The rest-hook endpoints the server may call (FHIR_SUBSCRIPTION_ENDPOINTS, see endpoints.py).
+    endpoints: EndpointPolicy = field(default_factory=EndpointPolicy.from_environment)
+
+    @property
+    def delivery_log_ttl_seconds(self) -> int | None:
+        """The TTL of finished deliveries, None when they are kept for ever."""
+        return round(self.delivery_log_ttl_days * DAY_SECONDS) if self.delivery_log_ttl_days > 0 else None
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after the `failures`-th consecutive failure."""

@@ -3,6 +3,9 @@
 The REST layer owns the sockets; it registers a `Listener` (anything with a thread-safe
 `send(text) -> bool`) per connection, and the delivery worker, on its own thread, publishes
 `ping <id>` to the listeners bound to a subscription. No FastAPI here.
+
+Other server processes learn which subscriptions this process holds sockets for through the
+database (`Notifier.hold_socket` / `release_socket`, and the worker's upkeep): see worker.py.
 """
 
 from __future__ import annotations
@@ -28,15 +31,26 @@ class WebsocketHub:
             if listener not in listeners:
                 listeners.append(listener)
 
-    def unbind(self, listener: Listener) -> None:
-        """Forget a connection (it closed) for every subscription it was bound to."""
+    def unbind(self, listener: Listener) -> list[str]:
+        """Forget a connection (it closed) for every subscription it was bound to; the
+        subscriptions left without any listener."""
+        orphaned = []
         with self._lock:
             for subscription_id in list(self._bound):
+                if listener not in self._bound[subscription_id]:
+                    continue
                 remaining = [x for x in self._bound[subscription_id] if x is not listener]
                 if remaining:
                     self._bound[subscription_id] = remaining
                 else:
                     del self._bound[subscription_id]
+                    orphaned.append(subscription_id)
+        return orphaned
+
+    def subscriptions(self) -> list[str]:
+        """The subscriptions with at least one listener here."""
+        with self._lock:
+            return sorted(self._bound)
 
     def listeners(self, subscription_id: str) -> list[Listener]:
         with self._lock:

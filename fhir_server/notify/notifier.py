@@ -19,6 +19,9 @@ transaction; the delivery worker (worker.py) does the rest after the commit.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from typing import TYPE_CHECKING
 
 from fhir_server.access.actor import Actor
@@ -28,7 +31,7 @@ from fhir_server.engine.interactions import WriteEvent
 from fhir_server.engine.model import RequestContext, new_id, now
 from fhir_server.notify import codes, messages
 from fhir_server.notify.config import NotifyConfig
-from fhir_server.notify.hub import WebsocketHub
+from fhir_server.notify.hub import Listener, WebsocketHub
 from fhir_server.notify.messages import Notice, ProfessionalInfo
 from fhir_server.notify.subscriptions import (
     COLLECTING,
@@ -58,9 +61,11 @@ class Notifier:
         self.server = server
         self.store = store
         self.hub = hub or WebsocketHub()
+        # Names this server process to the others (websocket deliveries are routed by it).
+        self.process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # Read by the worker at every round: tests and operators may replace it at run time.
         self.config = config or NotifyConfig()
-        self.rules = SubscriptionRules(server, store)
+        self.rules = SubscriptionRules(server, store, lambda: self.config.endpoints)
         self.worker: DeliveryWorker | None = None         # set by install()
 
     # -- write side ---------------------------------------------------------------------------
@@ -175,6 +180,21 @@ class Notifier:
         if actor.kind != "system" and (owner is None or owner["key"] != actor_key(actor)):
             return f"403 Only the owner of Subscription/{subscription_id} may bind to it"
         return None
+
+    def hold_socket(self, subscription_id: str) -> None:
+        """A websocket of this process is being bound to the subscription: from now on its pings
+        come here, whichever process handles the write that triggers them."""
+        self.store.hold_socket(subscription_id, self.process_id, now())
+
+    def release_socket(self, listener: Listener) -> None:
+        """A websocket closed: forget it, and tell the other processes when it was the last one
+        of a subscription here."""
+        for subscription_id in self.hub.unbind(listener):
+            try:
+                self.store.release_socket(subscription_id, self.process_id)
+            except Exception:
+                # e.g. the database is gone at shutdown: the binding expires without upkeep anyway
+                log.warning("websocket binding of Subscription/%s not released", subscription_id, exc_info=True)
 
     # -- writing a notification ---------------------------------------------------------------
     def notify(self, notice: Notice, session: Session = None, base_url: str | None = None) -> str:

@@ -8,11 +8,13 @@ Who may subscribe (checked when a Subscription is created or changed by a client
 Criteria not restricted to a patient are refused with 422 for patients and practitioners; a
 patient they may not see gives 403. The owner is recorded with the subscription, and matches are
 later evaluated with the owner's access rights, so a subscription never reveals more than its
-owner could search for.
+owner could search for. A rest-hook endpoint must be one the endpoint policy lets the server call
+(endpoints.py, `FHIR_SUBSCRIPTION_ENDPOINTS`): checked whenever it is set or changed (422).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,7 @@ from fhir_server.engine.interactions import WriteEvent
 from fhir_server.engine.model import RequestContext, instant_or_none
 from fhir_server.notify import channels
 from fhir_server.notify.criteria import Criteria, CriteriaError, parse_criteria, restricted_patients
+from fhir_server.notify.endpoints import EndpointPolicy, EndpointRefused
 from fhir_server.storage.outbox import NotifyStore
 
 if TYPE_CHECKING:
@@ -73,6 +76,10 @@ def read_channel(subscription: dict) -> Channel:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise unprocessable("A rest-hook channel needs an http(s) endpoint URL", "Subscription.channel.endpoint")
     return Channel(kind, endpoint, channel.get("payload"), headers)
+
+
+def _endpoint_of(subscription: dict | None) -> str | None:
+    return ((subscription or {}).get("channel") or {}).get("endpoint")
 
 
 def read_criteria(subscription: dict) -> Criteria:
@@ -136,9 +143,11 @@ def owner_actor(owner: dict | None) -> Actor | None:
 class SubscriptionRules:
     """Write rule for Subscription: a valid, deliverable, authorised subscription, or a refusal."""
 
-    def __init__(self, server: FhirServer, registry: NotifyStore) -> None:
+    def __init__(self, server: FhirServer, registry: NotifyStore,
+                 endpoint_policy: Callable[[], EndpointPolicy] = EndpointPolicy.from_environment) -> None:
         self.server = server
         self.registry = registry            # the owners of existing subscriptions
+        self.endpoint_policy = endpoint_policy
 
     def check(self, event: WriteEvent) -> None:
         if event.resource_type != SUBSCRIPTION:
@@ -149,11 +158,22 @@ class SubscriptionRules:
         if event.new is None:
             return
         self._check_status(event.new, event.old, actor)
-        read_channel(event.new)
+        channel = read_channel(event.new)
         criteria = read_criteria(event.new)
         self._check_searchable(criteria)
         if actor is not None:
             self._authorise(criteria, actor, event.ctx)
+        if channel.type == "rest-hook" and _endpoint_of(event.new) != _endpoint_of(event.old):
+            self._check_endpoint(channel.endpoint or "")
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        """Only when the endpoint is new: a subscription whose endpoint the policy no longer allows
+        may still be turned off (and the worker may still set it to error)."""
+        try:
+            self.endpoint_policy().check(endpoint)
+        except EndpointRefused as exc:
+            raise unprocessable(f"Subscription.channel.endpoint refused: {exc}", "Subscription.channel.endpoint") \
+                from None
 
     def _check_owner(self, subscription_id: str, actor: Actor) -> None:
         entry = self.registry.subscription(subscription_id)

@@ -9,7 +9,15 @@ One round (`Dispatcher.run_once`):
 3. delivery: due deliveries of deliverable subscriptions are attempted. A failure postpones every
    pending delivery of that subscription by an exponential backoff; after `max_failures`
    consecutive failures the Subscription goes to `error` and its deliveries wait (nothing is
-   dropped) until the client sets it back to `requested`.
+   dropped) until the client sets it back to `requested`. An endpoint the endpoint policy
+   refuses (endpoints.py) puts the Subscription in `error` at once: retrying would not help;
+4. websockets: the sockets live in the process that accepted them, and any process may handle
+   the write. So a websocket delivery is handed, through the database, to the processes that
+   hold a socket bound to its subscription (`_socket_bindings`); the worker of each process
+   pings its own sockets for the deliveries handed to it (polled every round), and the delivery
+   is settled once all of them have answered. Each worker also says, every quarter of a lease,
+   which subscriptions its process holds sockets for; a process that stops saying so (it died)
+   is dropped after a lease, with what was handed to it.
 
 Matching runs the criteria as a search restricted to the resource (`criteria&_id=<id>`) on the
 committed data, rather than in memory: the same query engine as every search, chains and `_has`
@@ -22,6 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -32,6 +41,7 @@ from fhir_server.engine.model import RequestContext, etag, instant, now
 from fhir_server.notify import channels
 from fhir_server.notify.config import NotifyConfig
 from fhir_server.notify.subscriptions import COLLECTING, DELIVERABLE, SUBSCRIPTION, owner_actor
+from fhir_server.storage.outbox import NOBODY_BOUND
 
 if TYPE_CHECKING:
     from fhir_server.notify.notifier import Notifier
@@ -47,6 +57,7 @@ class Dispatcher:
         self.server = server
         self.notifier = notifier
         self.store = notifier.store
+        self._last_socket_upkeep: float | None = None      # time.monotonic() of the last `keep_sockets`
 
     @property
     def config(self) -> NotifyConfig:
@@ -54,9 +65,11 @@ class Dispatcher:
 
     def run_once(self, stopping: StopFlag = lambda: False) -> bool:
         """One round; True when there was something to do (the worker then goes on at once)."""
+        self.keep_sockets()
         busy = self.maintain_statuses()
         busy = self.fan_out(stopping) or busy
-        return self.deliver(stopping) or busy
+        busy = self.deliver(stopping) or busy
+        return self.ping_own_sockets(stopping) or busy
 
     # -- 1. statuses ----------------------------------------------------------------------------
     def maintain_statuses(self) -> bool:
@@ -150,14 +163,14 @@ class Dispatcher:
         """Try one delivery; False when the subscription's channel failed."""
         channel = entry["channel"]
         if channel["type"] == "websocket":
-            outcome = channels.websocket(self.notifier.hub, entry["_id"])
-        else:
-            resource = self._payload(entry, delivery) if channel.get("payload") else None
-            if channel.get("payload") and resource is None:
-                self.store.finish_delivery(delivery["_id"], "skipped", None, now(),
-                                           "the resource is no longer available to the subscriber")
-                return True
-            outcome = channels.rest_hook(channel, resource, self.config.http_timeout_seconds)
+            self._hand_to_socket_holders(delivery, entry)
+            return True
+        resource = self._payload(entry, delivery) if channel.get("payload") else None
+        if channel.get("payload") and resource is None:
+            self.store.finish_delivery(delivery["_id"], "skipped", None, now(),
+                                       "the resource is no longer available to the subscriber")
+            return True
+        outcome = channels.rest_hook(channel, resource, self.config.http_timeout_seconds, self.config.endpoints)
         moment = now()
         attempt = {"at": moment, "outcome": "skipped" if outcome.skipped else "ok" if outcome.ok else "failed",
                    "status": outcome.status, "error": outcome.error}
@@ -167,7 +180,10 @@ class Dispatcher:
             if not outcome.skipped:
                 self.store.record_success(entry["_id"])
             return True
-        self._failed(delivery, entry, attempt, moment)
+        if outcome.refused:
+            self._refused(delivery, entry, attempt, moment)
+        else:
+            self._failed(delivery, entry, attempt, moment)
         return False
 
     def _payload(self, entry: dict, delivery: dict) -> dict | None:
@@ -177,6 +193,14 @@ class Dispatcher:
         where = extra_filter(resource_type) if extra_filter else None
         doc = self.server.store.get(resource_type, resource_id, where=where)
         return doc["resource"] if doc else None
+
+    def _refused(self, delivery: dict, entry: dict, attempt: dict, moment: datetime) -> None:
+        """The endpoint policy refuses the endpoint now (its host resolves to an internal address,
+        or the allow-list changed): no point retrying, the subscription goes to error at once."""
+        self.store.record_failure(entry["_id"], attempt["error"])
+        self.store.retry_delivery(delivery["_id"], attempt, moment)        # kept pending, like any error
+        self._set_status(entry["_id"], "error", f"Delivery refused at {instant(moment)}: {attempt['error']}. "
+                         "Change the endpoint, or set the status back to 'requested' to try again.")
 
     def _failed(self, delivery: dict, entry: dict, attempt: dict, moment: datetime) -> None:
         failures = self.store.record_failure(entry["_id"], attempt["error"])
@@ -190,6 +214,41 @@ class Dispatcher:
         due = moment + timedelta(seconds=self.config.backoff(failures))
         self.store.retry_delivery(delivery["_id"], attempt, due)
         self.store.postpone(entry["_id"], due)
+
+    # -- 4. websockets, whichever process holds them -------------------------------------------
+    def _hand_to_socket_holders(self, delivery: dict, entry: dict) -> None:
+        moment = now()
+        holders = self.store.socket_holders(entry["_id"], moment - timedelta(seconds=self.config.lease_seconds))
+        if not holders:
+            attempt = {"at": moment, "outcome": "skipped", "status": None, "error": NOBODY_BOUND}
+            self.store.finish_delivery(delivery["_id"], "skipped", attempt, moment, NOBODY_BOUND)
+            return
+        self.store.relay_delivery(delivery["_id"], holders, moment)
+
+    def ping_own_sockets(self, stopping: StopFlag = lambda: False) -> bool:
+        """Ping this process's sockets for the websocket deliveries handed to it."""
+        process = self.notifier.process_id
+        handed = self.store.relayed_to(process, self.config.batch)
+        for delivery in handed:
+            if stopping():
+                break
+            outcome = channels.websocket(self.notifier.hub, delivery["subscription"])
+            self.store.relay_done(delivery["_id"], process, received=not outcome.skipped)
+        if handed:
+            self.store.settle_relays(now())
+        return bool(handed)
+
+    def keep_sockets(self) -> None:
+        """Every quarter of a lease: say which subscriptions this process holds sockets for, and
+        drop the holders that stopped saying so, settling what they left unanswered."""
+        clock = time.monotonic()
+        if self._last_socket_upkeep is not None and clock - self._last_socket_upkeep < self.config.lease_seconds / 4:
+            return
+        self._last_socket_upkeep = clock
+        moment = now()
+        self.store.keep_sockets_alive(self.notifier.hub.subscriptions(), self.notifier.process_id, moment)
+        if self.store.drop_stale_holders(moment - timedelta(seconds=self.config.lease_seconds)):
+            self.store.settle_relays(moment)
 
     def _server_context(self) -> RequestContext:
         return RequestContext(base_url=self.server.settings.base_url or "")

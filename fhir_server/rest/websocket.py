@@ -10,7 +10,9 @@ The connection is authenticated like any request: `Authorization: Bearer <JWT>` 
 request or, for browsers (which cannot set headers on a websocket), `?access_token=<JWT>`. Only
 the owner of a websocket subscription (or a trusted system) may bind to it.
 
-The sockets live in this process; the delivery worker reaches them through `notifier.hub`.
+The sockets live in this process; binding one is recorded in the database, so that a
+notification triggered through any server process is pinged here by this process's delivery
+worker (through `notifier.hub`).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ class SubscriptionSocket:
         except WebSocketDisconnect:
             pass
         finally:
-            self.notifier.hub.unbind(listener)
+            await run_in_threadpool(self.notifier.release_socket, listener)
 
     def _authenticate(self, websocket: WebSocket) -> Actor:
         header = websocket.headers.get("authorization")
@@ -96,8 +98,10 @@ class SubscriptionSocket:
         refusal = self.notifier.binding_refusal(subscription_id, actor)
         if refusal is not None:
             return f"error {refusal}"
+        # Recorded first, so that a write anywhere once the client reads `bound` is pinged here;
         # `bound` goes out before the first `ping` can: the client searches once bound, so a
         # change in between is not missed.
+        self.notifier.hold_socket(subscription_id)
         listener.send(f"bound {subscription_id}")
         self.notifier.hub.bind(subscription_id, listener)
         return None

@@ -10,7 +10,13 @@ Collections (internal, never exposed as FHIR resources):
                     {_id: "<subscription>|<event>", subscription, event, focus, version, channel,
                     state: pending|delivered|skipped|cancelled, created, due, lease_until, tries,
                     attempts: [{at, outcome, status, error}] (last ATTEMPTS_KEPT), last_error,
-                    finished}
+                    finished}. Finished ones expire `finished` + the log's TTL later (a TTL index,
+                    `ensure`); pending ones never do. A websocket delivery handed to the processes
+                    holding its sockets also has `targets` (those that have not pinged yet) and
+                    `received` (how many had a client to ping).
+    _socket_bindings one document per (subscription, server process) holding a websocket bound to
+                    it: {_id: "<subscription>|<process>", subscription, process, alive}; `alive`
+                    is refreshed by the process's worker, so a process that died stops counting.
     _subscriptions  what the worker needs of each Subscription, kept in step with the resource in
                     the same transaction: {_id, resource_type, criteria, channel, status, end,
                     version, updated, owner: {key, claims, read_keys}, failures (consecutive),
@@ -29,7 +35,7 @@ import contextlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import OperationFailure
 
 from fhir_server.storage.mongo import MongoStore, Session
@@ -38,14 +44,20 @@ OUTBOX = "_outbox"
 DELIVERIES = "_delivery"
 SUBSCRIPTIONS = "_subscriptions"
 SEEN = "_notify_seen"
+SOCKETS = "_socket_bindings"
 ATTEMPTS_KEPT = 20
 NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+LOG_TTL_INDEX = "finished_ttl"
+INDEX_OPTIONS_CONFLICT = (85, 86)     # IndexOptionsConflict, IndexKeySpecsConflict
+NOBODY_BOUND = "no websocket client was bound to the subscription"
+NOT_RELAYED = {"targets": {"$exists": False}}
 
 _INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     OUTBOX: [[("lease_until", 1), ("created", 1)]],
-    DELIVERIES: [[("state", 1), ("due", 1)], [("subscription", 1), ("created", -1)]],
+    DELIVERIES: [[("state", 1), ("due", 1)], [("subscription", 1), ("created", -1)], [("targets", 1)]],
     SUBSCRIPTIONS: [[("resource_type", 1), ("status", 1)], [("status", 1)]],
     SEEN: [[("patient", 1), ("first", -1)]],
+    SOCKETS: [[("subscription", 1), ("alive", 1)], [("alive", 1)]],
 }
 
 
@@ -53,8 +65,9 @@ class NotifyStore:
     def __init__(self, store: MongoStore) -> None:
         self.db = store.db
 
-    def ensure(self) -> None:
-        """Create the collections up front (transactions cannot create them) and their indexes."""
+    def ensure(self, delivery_log_ttl_seconds: int | None = None) -> None:
+        """Create the collections up front (transactions cannot create them) and their indexes,
+        and the TTL of the delivery log (None: kept for ever)."""
         existing = set(self.db.list_collection_names())
         for name, specs in _INDEXES.items():
             if name not in existing:
@@ -62,6 +75,27 @@ class NotifyStore:
                     self.db.create_collection(name)
             for spec in specs:
                 self.db[name].create_index(spec, name="_".join(f"{f}{'' if o == 1 else o}" for f, o in spec))
+        self._ensure_log_ttl(delivery_log_ttl_seconds)
+
+    def _ensure_log_ttl(self, seconds: int | None) -> None:
+        """A TTL index on `finished`: the database itself removes finished deliveries that old
+        (MongoDB's TTL monitor, and the embedded database's sweeper, run about once a minute)."""
+        deliveries = self.db[DELIVERIES]
+        if seconds is None:
+            if LOG_TTL_INDEX in deliveries.index_information():
+                deliveries.drop_index(LOG_TTL_INDEX)
+            return
+        try:
+            deliveries.create_index([("finished", 1)], name=LOG_TTL_INDEX, expireAfterSeconds=seconds)
+        except OperationFailure as exc:
+            if exc.code not in INDEX_OPTIONS_CONFLICT:
+                raise
+            # it exists with another TTL (the setting changed): change it in place
+            self.db.command("collMod", DELIVERIES, index={"name": LOG_TTL_INDEX, "expireAfterSeconds": seconds})
+
+    def delivery_log_ttl(self) -> int | None:
+        """The TTL of the delivery log, in seconds, as the database has it."""
+        return self.db[DELIVERIES].index_information().get(LOG_TTL_INDEX, {}).get("expireAfterSeconds")
 
     # -- professionals who already accessed a record ------------------------------------------
     def mark_seen(self, patient: str, actor_key: str, moment: datetime, session: Session = None) -> bool:
@@ -156,7 +190,8 @@ class NotifyStore:
     def due_subscriptions(self, moment: datetime) -> list[str]:
         """The subscriptions that have deliveries due: the worker only looks at those, however many
         subscriptions exist."""
-        return sorted(self.db[DELIVERIES].distinct("subscription", {"state": "pending", "due": {"$lte": moment}}))
+        return sorted(self.db[DELIVERIES].distinct("subscription", {"state": "pending", "due": {"$lte": moment},
+                                                                    **NOT_RELAYED}))
 
     def claim_delivery(self, subscription_ids: list[str], moment: datetime, lease_until: datetime) -> dict | None:
         """The next due delivery of one of these subscriptions, held by the caller until
@@ -165,7 +200,7 @@ class NotifyStore:
             return None
         return self.db[DELIVERIES].find_one_and_update(
             {"state": "pending", "due": {"$lte": moment}, "lease_until": {"$lte": moment},
-             "subscription": {"$in": subscription_ids}},
+             "subscription": {"$in": subscription_ids}, **NOT_RELAYED},
             {"$set": {"lease_until": lease_until}},
             sort=[("due", 1), ("created", 1)], return_document=ReturnDocument.AFTER)
 
@@ -198,3 +233,65 @@ class NotifyStore:
         pipeline = [{"$match": {"subscription": subscription_id}},
                     {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
         return {row["_id"]: row["n"] for row in self.db[DELIVERIES].aggregate(pipeline)}
+
+    # -- websocket sockets, across server processes ------------------------------------------
+    def hold_socket(self, subscription_id: str, process: str, moment: datetime) -> None:
+        """`process` holds a websocket bound to the subscription."""
+        self.db[SOCKETS].update_one({"_id": f"{subscription_id}|{process}"},
+                                    {"$set": {"subscription": subscription_id, "process": process, "alive": moment}},
+                                    upsert=True)
+
+    def release_socket(self, subscription_id: str, process: str) -> None:
+        self.db[SOCKETS].delete_one({"_id": f"{subscription_id}|{process}"})
+
+    def keep_sockets_alive(self, subscription_ids: Iterable[str], process: str, moment: datetime) -> None:
+        updates = [UpdateOne({"_id": f"{s}|{process}"},
+                             {"$set": {"subscription": s, "process": process, "alive": moment}}, upsert=True)
+                   for s in subscription_ids]
+        if updates:
+            self.db[SOCKETS].bulk_write(updates, ordered=False)
+
+    def socket_holders(self, subscription_id: str, alive_since: datetime) -> list[str]:
+        """The processes holding a websocket bound to the subscription (that said so recently)."""
+        return sorted(self.db[SOCKETS].distinct("process", {"subscription": subscription_id,
+                                                            "alive": {"$gte": alive_since}}))
+
+    def drop_stale_holders(self, alive_before: datetime) -> int:
+        """Forget the holders that stopped saying they are alive (their process died), and what
+        was handed to them; how many were dropped."""
+        dropped = 0
+        for stale in self.db[SOCKETS].find({"alive": {"$lt": alive_before}}):
+            self.db[DELIVERIES].update_many(
+                {"subscription": stale["subscription"], "state": "pending", "targets": stale["process"]},
+                {"$pull": {"targets": stale["process"]}})
+            # unless it came back to life meanwhile
+            dropped += self.db[SOCKETS].delete_one({"_id": stale["_id"], "alive": {"$lt": alive_before}}).deleted_count
+        return dropped
+
+    def relay_delivery(self, delivery_id: str, processes: list[str], moment: datetime) -> None:
+        """Hand a websocket delivery to the processes holding its sockets: each pings its own."""
+        self.db[DELIVERIES].update_one({"_id": delivery_id, "state": "pending"},
+                                       {"$set": {"targets": processes, "received": 0, "relayed": moment,
+                                                 "lease_until": NEVER}})
+
+    def relayed_to(self, process: str, limit: int) -> list[dict]:
+        return list(self.db[DELIVERIES].find({"state": "pending", "targets": process})
+                    .sort([("due", 1), ("created", 1)]).limit(limit))
+
+    def relay_done(self, delivery_id: str, process: str, received: bool) -> None:
+        self.db[DELIVERIES].update_one({"_id": delivery_id, "targets": process},
+                                       {"$pull": {"targets": process}, "$inc": {"received": int(received)}})
+
+    def settle_relays(self, moment: datetime) -> int:
+        """Close the websocket deliveries every holder has answered: delivered when one of them
+        had a client to ping, skipped otherwise. How many were closed."""
+        settled = 0
+        for state, received, note in (("delivered", {"$gt": 0}, None), ("skipped", {"$not": {"$gt": 0}}, NOBODY_BOUND)):
+            attempt = {"at": moment, "outcome": "ok" if state == "delivered" else "skipped", "status": None,
+                       "error": note}
+            settled += self.db[DELIVERIES].update_many(
+                {"state": "pending", "targets": {"$size": 0}, "received": received},
+                {"$set": {"state": state, "finished": moment, "lease_until": NEVER, "last_error": note},
+                 "$push": {"attempts": {"$each": [attempt], "$slice": -ATTEMPTS_KEPT}}, "$inc": {"tries": 1}},
+            ).modified_count
+        return settled

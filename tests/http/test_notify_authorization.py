@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from fhir_server.access.devissuer import patient_claims, practitioner_claims, system_claims
+from fhir_server.notify.endpoints import EndpointPolicy
 from tests.http.conftest import bearer
 from tests.http.test_access_scenarios import actor_provision, consent
 from tests.http.test_notify_support import (
@@ -148,12 +149,46 @@ def test_a_system_subscribes_within_its_scopes(client, world, issuer_dir, receiv
     ({"channel": {"type": "rest-hook", "endpoint": "http://example.org/x", "header": ["no colon"]}},
      "Subscription.channel"),
     ({"status": "error"}, "Subscription.status"),
+    # the tests allow only 127.0.0.1 (FHIR_SUBSCRIPTION_ENDPOINTS)
+    ({"channel": {"type": "rest-hook", "endpoint": "https://hooks.example.org/x"}}, "Subscription.channel.endpoint"),
 ])
 def test_invalid_subscriptions_are_refused(client, world, change, expression):
     body = {**subscription("DocumentReference?patient=Patient/auth-a", "http://127.0.0.1:9/hook"), **change}
     response = client.post("/fhir/Subscription", json=body)
     assert response.status_code == 422, response.text
     assert response.json()["issue"][0]["expression"] == [expression]
+
+
+def subscription_count(client) -> int:
+    return client.get("/fhir/Subscription", params={"_summary": "count"}).json()["total"]
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:9/hook", "http://localhost:9/hook", "http://[::1]/hook",
+                                      "http://169.254.169.254/latest/meta-data", "http://10.0.0.1/hook",
+                                      "gopher://hooks.example.org/x"])
+def test_without_an_allow_list_internal_endpoints_are_refused_and_nothing_is_stored(client, world, endpoint):
+    use_fast_worker(client, endpoints=EndpointPolicy.parse(""))
+    try:
+        before = subscription_count(client)
+        response = client.post("/fhir/Subscription",
+                               json=subscription("DocumentReference?patient=Patient/auth-a", endpoint))
+        assert response.status_code == 422, response.text
+        assert response.json()["issue"][0]["expression"] == ["Subscription.channel.endpoint"]
+        assert subscription_count(client) == before
+    finally:
+        use_fast_worker(client)
+
+
+def test_an_endpoint_changed_to_one_outside_the_allow_list_is_refused(client, world, receiver):
+    created = client.post("/fhir/Subscription", json=subscription("DocumentReference?patient=Patient/auth-a",
+                                                                   receiver.url))
+    assert created.status_code == 201, created.text
+    resource = wait_active(client, created.json()["id"])
+    moved = {**resource, "channel": {**resource["channel"], "endpoint": "https://hooks.example.org/x"}}
+    response = client.put(f"/fhir/Subscription/{resource['id']}", json=moved)
+    assert response.status_code == 422, response.text
+    assert response.json()["issue"][0]["expression"] == ["Subscription.channel.endpoint"]
+    assert client.get(f"/fhir/Subscription/{resource['id']}").json()["channel"]["endpoint"] == receiver.url
 
 
 # -- ownership ------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """R4 Subscriptions with the rest-hook channel, delivered to a local HTTP receiver: activation,
 payloads, retries while the receiver is down (nothing lost), a worker restart, a server restart,
-the error state after repeated failures, `off`, deletion and the `$status` log."""
+the error state after repeated failures, `off`, deletion and the `$status` log; an endpoint that
+DNS turns internal is not called; the delivery log expires (TTL index)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
+from pymongo.errors import OperationFailure
 
 from fhir_server.engine.model import now
+from fhir_server.notify.endpoints import EndpointPolicy
 from fhir_server.server import FhirServer
 from tests.http.test_notify_support import (
     Receiver,
@@ -28,6 +31,8 @@ from tests.http.test_notify_support import (
     wait_active,
     wait_until,
 )
+
+COMMAND_NOT_FOUND = 59
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -240,3 +245,66 @@ def test_an_ended_subscription_is_turned_off(client, server, receiver):
     assert response.status_code == 201
     wait_until(lambda: client.get(f"/fhir/Subscription/{response.json()['id']}").json()["status"] == "off",
                what="the off status")
+
+
+def test_an_endpoint_whose_host_now_resolves_to_an_internal_address_is_not_called(client, server, receiver):
+    """DNS may change after the subscription was accepted: each delivery resolves the host again
+    and refuses a loopback / private answer, and the subscription goes to error at once."""
+    dns = {"hooks.example.test": ["93.184.216.34"]}
+    use_fast_worker(client, endpoints=EndpointPolicy.parse("", lambda host, port: dns[host]))
+    try:
+        subscription_id = subscribe(client, "DocumentReference?patient=Patient/sub-a",
+                                    f"http://hooks.example.test:{receiver.port}/hook")
+        dns["hooks.example.test"] = ["127.0.0.1"]            # where the receiver listens
+        add_document(client, "sub-a", "Ne doit pas partir")
+
+        def in_error() -> dict | None:
+            body = client.get(f"/fhir/Subscription/{subscription_id}").json()
+            return body if body["status"] == "error" else None
+
+        errored = wait_until(in_error, what="the error status")
+    finally:
+        use_fast_worker(client)
+    assert errored["error"].startswith("Delivery refused")
+    assert "127.0.0.1" in errored["error"]
+    status = status_of(client, subscription_id)
+    assert "refused" in parameter(status, "lastError")
+    [delivery] = deliveries(status)
+    assert delivery["state"] == "pending" and delivery["attempt"][0]["outcome"] == "failed"
+    assert receiver.received == []
+
+
+def prune_expired(store) -> None:
+    """Run the embedded database's TTL sweep now (it runs once a minute by itself, like MongoDB's
+    TTL monitor, which cannot be triggered: against a real MongoDB the test is skipped)."""
+    try:
+        store.db.client.admin.command("secantusAdmin.pruneTtl")
+    except OperationFailure as exc:
+        if exc.code != COMMAND_NOT_FOUND:
+            raise
+        pytest.skip("the database cannot be asked to expire documents now (a real MongoDB)")
+
+
+def test_finished_deliveries_expire_with_the_delivery_log_ttl(server):
+    store = server.notifier.store
+    assert store.delivery_log_ttl() == 30 * 86_400                  # FHIR_NOTIFY_DELIVERY_LOG_TTL_DAYS
+    moment = now()
+    for delivery_id, state, finished, created in (
+            ("ttl|old", "delivered", moment - timedelta(days=31), moment - timedelta(days=31)),
+            ("ttl|recent", "delivered", moment - timedelta(days=29), moment - timedelta(days=29)),
+            ("ttl|pending", "pending", None, moment - timedelta(days=60))):      # still to deliver: kept
+        store.add_delivery({"_id": delivery_id, "subscription": "ttl", "state": state, "created": created,
+                            **({"finished": finished} if finished else {})})
+    prune_expired(store)
+    assert sorted(d["_id"] for d in store.deliveries("ttl", 10)) == ["ttl|pending", "ttl|recent"]
+
+
+def test_the_delivery_log_ttl_follows_the_setting(server):
+    store = server.notifier.store
+    try:
+        store.ensure(86_400)
+        assert store.delivery_log_ttl() == 86_400
+        store.ensure(None)                                           # 0 days: kept for ever
+        assert store.delivery_log_ttl() is None
+    finally:
+        store.ensure(server.notifier.config.delivery_log_ttl_seconds)

@@ -16,15 +16,18 @@ from fastapi.testclient import TestClient
 
 from fhir_server.notify import NotifyConfig
 from fhir_server.notify.codes import NOTIFICATION_CATEGORY
+from fhir_server.notify.endpoints import EndpointPolicy
 from fhir_server.rest.websocket import WEBSOCKET_PATH, mount
 
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 RPPS = "https://rpps.esante.gouv.fr"
 T = TypeVar("T")
 
-# Small delays so that retries, backoff and the error state happen within a test's second.
+# Small delays so that retries, backoff and the error state happen within a test's second; the
+# local receiver (127.0.0.1, refused by default as a loopback address) explicitly allowed.
+LOCAL_RECEIVER = EndpointPolicy.parse("127.0.0.1")
 FAST = NotifyConfig(poll_seconds=0.02, retry_base_seconds=0.05, retry_max_seconds=0.2, max_failures=50,
-                    http_timeout_seconds=2.0, lease_seconds=5.0, batch=50)
+                    http_timeout_seconds=2.0, lease_seconds=5.0, batch=50, endpoints=LOCAL_RECEIVER)
 
 
 @contextlib.contextmanager

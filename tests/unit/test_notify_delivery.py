@@ -22,6 +22,22 @@ def test_backoff_doubles_and_is_capped():
     assert [config.backoff(n) for n in range(1, 7)] == [2, 4, 8, 16, 30, 30]
 
 
+def test_delivery_log_ttl_setting(monkeypatch):
+    monkeypatch.delenv("FHIR_NOTIFY_DELIVERY_LOG_TTL_DAYS", raising=False)
+    assert NotifyConfig().delivery_log_ttl_seconds == 30 * 86_400
+    monkeypatch.setenv("FHIR_NOTIFY_DELIVERY_LOG_TTL_DAYS", "0.5")
+    assert NotifyConfig().delivery_log_ttl_seconds == 43_200
+    monkeypatch.setenv("FHIR_NOTIFY_DELIVERY_LOG_TTL_DAYS", "0")
+    assert NotifyConfig().delivery_log_ttl_seconds is None
+
+
+def test_endpoint_allow_list_setting(monkeypatch):
+    monkeypatch.setenv("FHIR_SUBSCRIPTION_ENDPOINTS", "https://hooks.example.org/espace, 127.0.0.1")
+    assert [entry.host for entry in NotifyConfig().endpoints.allowed] == ["hooks.example.org", "127.0.0.1"]
+    monkeypatch.delenv("FHIR_SUBSCRIPTION_ENDPOINTS")
+    assert NotifyConfig().endpoints.allowed == ()
+
+
 def test_channel_headers_and_payload():
     assert header_pairs(["Authorization: Bearer a:b", "X-Y:z"]) == [("Authorization", "Bearer a:b"), ("X-Y", "z")]
     with pytest.raises(ValueError):
