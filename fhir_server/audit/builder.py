@@ -109,8 +109,9 @@ def _user_agent(record: AuditRecord, actor: Actor | None, patient: str | None) -
         return None
     agent: dict = {}
     if actor.organization:
-        agent["extension"] = [{"url": c.ORGANIZATION_URL, "valueReference": {
-            "type": "Organization", "identifier": {"system": c.FINESS_SYSTEM, "value": actor.organization}}}]
+        structure = {"system": c.STRUCTURE_SYSTEM, "value": c.structure_id_of_finess(actor.organization)}
+        agent["extension"] = [{"url": c.ORGANIZATION_URL,
+                               "valueReference": {"type": "Organization", "identifier": structure}}]
     author = record.codes.writes and not record.consent_denied
     agent["type"] = {"coding": [dict(c.AUTHOR if author else c.INFORMATION_RECIPIENT)]}
     if actor.profession:

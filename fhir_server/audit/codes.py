@@ -19,7 +19,17 @@ SERVER_SYSTEM = f"{ESPACE}/sid/server"
 # -- identifier systems ---------------------------------------------------------------------------
 RPPS_SYSTEM = "https://rpps.esante.gouv.fr"
 INS_NIR_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"
-FINESS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.2"
+# National structure identifier (IDNST): "1" + FINESS (also "3" + SIRET, ...), as TDE traces carry it.
+STRUCTURE_SYSTEM = "urn:oid:1.2.250.1.71.4.2.2"
+FINESS_PREFIX = "1"
+
+
+def structure_id_of_finess(finess: str) -> str:
+    return finess if len(finess) == 10 and finess.startswith(FINESS_PREFIX) else FINESS_PREFIX + finess
+
+
+def finess_of_structure_id(structure_id: str) -> str:
+    return structure_id[1:] if len(structure_id) == 10 and structure_id.startswith(FINESS_PREFIX) else structure_id
 
 # -- code systems ---------------------------------------------------------------------------------
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"

@@ -66,8 +66,8 @@ class AccessSummary:
         if self.profession:
             parts.append({"url": "profession", "valueCoding": self.profession})
         if self.organization:
-            parts.append({"url": "organization", "valueIdentifier": {"system": c.FINESS_SYSTEM,
-                                                                      "value": self.organization}})
+            parts.append({"url": "organization", "valueIdentifier": {
+                "system": c.STRUCTURE_SYSTEM, "value": c.structure_id_of_finess(self.organization)}})
         if self.software:
             parts.append({"url": "software", "valueString": self.software})
         parts += [{"url": "what", "valueString": item} for item in self.what]
@@ -116,7 +116,8 @@ def _profession(agent: dict | None) -> dict | None:
 def _organization(agent: dict | None) -> str | None:
     for extension in (agent or {}).get("extension", []) or []:
         if extension.get("url") == c.ORGANIZATION_URL:
-            return ((extension.get("valueReference") or {}).get("identifier") or {}).get("value")
+            value = ((extension.get("valueReference") or {}).get("identifier") or {}).get("value")
+            return c.finess_of_structure_id(value) if isinstance(value, str) else None
     return None
 
 

@@ -73,7 +73,7 @@ def test_newest_first_with_readable_summaries(trail: AuditTrail, patient: str, a
         "rpps": {"system": "https://rpps.esante.gouv.fr", "value": "10001234567"},
         "profession": {"system": "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/"
                                  "TRE-G15-ProfessionSante", "code": "10", "display": "Médecin"},
-        "organization": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "750712184"},
+        "organization": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "1750712184"},   # IDNST: 1 + FINESS
         "software": "logiciel-cabinet",
         "what": "Glycémie",
         "emergency": False,

@@ -50,7 +50,7 @@ SOURCE = {
 }
 ORGANIZATION = {"url": "https://espace.example.org/fhir/StructureDefinition/audit-agent-organization",
                 "valueReference": {"type": "Organization",
-                                   "identifier": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "750712184"}}}
+                                   "identifier": {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "1750712184"}}}
 
 
 def rest(code: str) -> dict:

@@ -65,6 +65,6 @@ def test_extension_form() -> None:
     parts = {e["url"]: next(v for k, v in e.items() if k.startswith("value")) for e in extension["extension"]}
     assert parts["who"] == "Anne Leroy"
     assert parts["rpps"] == {"system": "https://rpps.esante.gouv.fr", "value": "10001234567"}
-    assert parts["organization"] == {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "750712184"}
+    assert parts["organization"] == {"system": "urn:oid:1.2.250.1.71.4.2.2", "value": "1750712184"}  # 1 + FINESS
     assert parts["when"] == "2025-03-04T10:15:00.000Z"
     assert parts["emergency"] is False and parts["refused"] is False
