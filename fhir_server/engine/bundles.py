@@ -9,7 +9,6 @@ each entry on its own and reports each outcome.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from fhir_server.definitions import Definitions
 from fhir_server.engine.errors import FhirError, Issue, bad_request, error, operation_outcome
 from fhir_server.engine.interactions import Interactions, query_items
 from fhir_server.engine.model import ID_PATTERN, RequestContext, Result, etag, instant, new_id
+from fhir_server.formats.json import parse_json
 
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 304: "304 Not Modified"}
@@ -160,6 +160,9 @@ class BundleProcessor:
                 return references[node]      # e.g. Attachment.url pointing at a Binary entry
             return node
 
+        resource = entry.raw["resource"]
+        if isinstance(resource, dict) and resource.get("resourceType") == "Bundle":
+            return resource     # a nested Bundle (a FHIR document) resolves its references itself
         return rewrite(entry.raw["resource"], f"{entry.where}.resource")
 
     def _resolve_one(self, entry: _Entry, value: str, references: dict[str, str], path: str,
@@ -280,12 +283,16 @@ def _patch_of(entry: _Entry) -> tuple[Any, str]:
         return resource, "fhirpath-patch"
     if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
         try:
-            return json.loads(base64.b64decode(resource.get("data", ""))), "json-patch"
-        except ValueError:
-            raise bad_request("The Binary of a JSON Patch entry must hold a JSON Patch document",
-                              f"{entry.where}.resource.data") from None
+            content = base64.b64decode(resource.get("data", ""))
+            if str(resource.get("contentType", "")).split(";")[0].strip() == "application/xml-patch+xml":
+                return content, "xml-patch"
+            return parse_json(content), "json-patch"          # decimals kept exact, as in any FHIR JSON
+        except (ValueError, FhirError):
+            raise bad_request("The Binary of a patch entry must hold a JSON Patch (or, with contentType "
+                              "application/xml-patch+xml, an XML Patch) in base64", f"{entry.where}.resource.data") \
+                from None
     raise bad_request("A PATCH entry carries a Parameters resource (FHIRPath Patch) or a Binary holding a "
-                      "JSON Patch", f"{entry.where}.resource")
+                      "JSON Patch or an XML Patch", f"{entry.where}.resource")
 
 
 def _without_entry_resources(bundle: dict) -> dict:

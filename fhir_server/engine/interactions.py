@@ -447,8 +447,10 @@ def apply_patch(resource: dict, patch_body: Any, patch_format: str) -> dict:
         return patching.apply_json_patch(resource, patch_body)
     if patch_format == "fhirpath-patch":
         return patching.apply_fhirpath_patch(resource, patch_body)
-    raise error(415, "not-supported", "PATCH accepts application/json-patch+json (JSON Patch) or a FHIR "
-                "Parameters resource (FHIRPath Patch) in JSON or XML")
+    if patch_format == "xml-patch":
+        return patching.apply_xml_patch(resource, patch_body)
+    raise error(415, "not-supported", "PATCH accepts application/json-patch+json (JSON Patch), "
+                "application/xml-patch+xml (XML Patch) or a FHIR Parameters resource (FHIRPath Patch) in JSON or XML")
 
 
 # -- pure helpers -----------------------------------------------------------------------------

@@ -1,9 +1,10 @@
-"""The two patch formats of the FHIR R4 `patch` interaction, as pure functions on resource dicts.
+"""The three patch formats of the FHIR R4 `patch` interaction, as pure functions on resource dicts.
 
 * JSON Patch (RFC 6902): `apply_json_patch(resource, operations)`.
 * FHIRPath Patch (http://hl7.org/fhir/R4/fhirpatch.html): `apply_fhirpath_patch(resource, parameters)`.
+* XML Patch (RFC 5261): `apply_xml_patch(resource, document)`, on the resource's FHIR XML form.
 
-Both work on a deep copy and return it, so a patch that fails half-way never leaves a partially
+All work on a copy and return it, so a patch that fails half-way never leaves a partially
 modified resource behind. A malformed patch document is a 400 (`bad_request`); a well-formed patch
 that cannot be applied to this resource (missing element, failed `test`, ambiguous path) is a 422
 (`unprocessable`). Errors carry the FHIRPath expression of the element at fault.
@@ -25,9 +26,11 @@ from typing import Any
 from fhirpathpy import evaluate
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
+from lxml import etree
 
 from fhir_server.definitions import ElementInfo, load_definitions
 from fhir_server.engine.errors import FhirError, bad_request, unprocessable
+from fhir_server.formats.xml import FHIR_NS, XHTML_NS, parse_xml_safely, resource_to_xml, xml_to_resource
 
 _MISSING: Any = object()
 
@@ -766,3 +769,181 @@ _APPLY: dict[str, Callable[[dict, _Operation], None]] = {
     "replace": _replace,
     "move": _move,
 }
+
+
+# =================================================================================================
+# XML Patch (RFC 5261), on the FHIR XML form of the resource
+# =================================================================================================
+
+_XML_PATCH_OPS = ("add", "replace", "remove")
+_ADD_POSITIONS = (None, "before", "after", "prepend")
+_MAX_SELECTOR = 1000
+_LOCATION_STEP = re.compile(r"^[A-Za-z_][\w.-]*(?::[A-Za-z_][\w.-]*)?(?:[/\[]|$)")
+# Selectors are plain XPath 1.0: the extension functions lxml offers for some namespaces (EXSLT
+# regular expressions...) are not made available to clients.
+_EXTENSION_NAMESPACES = ("http://exslt.org/",)
+
+
+def apply_xml_patch(resource: dict, patch: bytes) -> dict:
+    """Apply an RFC 5261 XML Patch document (`<diff>` of add / replace / remove operations, with
+    XPath selectors over the resource's FHIR XML) and return the patched resource."""
+    diff = parse_xml_safely(patch, "The XML Patch document")
+    root_type = str(resource.get("resourceType") or "Resource")
+    operations = [_XmlPatchOp.parse(index, element, root_type)
+                  for index, element in enumerate(e for e in diff if isinstance(e.tag, str))]
+    document = etree.fromstring(resource_to_xml(resource)).getroottree()     # our own output: trusted
+    for operation in operations:
+        operation.apply(document)
+    try:
+        patched = xml_to_resource(etree.tostring(document.getroot(), encoding="UTF-8"))
+    except FhirError as exc:
+        reasons = "; ".join(issue.diagnostics for issue in exc.issues)
+        raise unprocessable(f"The XML Patch leaves a resource that is not valid FHIR XML: {reasons}",
+                            *(e for issue in exc.issues for e in issue.expression)) from None
+    return patched
+
+
+@dataclass(frozen=True)
+class _XmlPatchOp:
+    index: int                 # position in the patch document, named in every diagnostic
+    op: str
+    selector: str
+    namespaces: dict[str, str]
+    element: Any               # the operation's element in the patch document (its content)
+    root_type: str
+
+    @classmethod
+    def parse(cls, index: int, element: Any, root_type: str) -> _XmlPatchOp:
+        op = etree.QName(element).localname
+        if op not in _XML_PATCH_OPS:
+            raise bad_request(f"XML Patch operation {index}: <{op}> is not an operation (expected "
+                              f"{', '.join(_XML_PATCH_OPS)})")
+        selector = element.get("sel")
+        if not selector or len(selector) > _MAX_SELECTOR:
+            raise bad_request(f"XML Patch operation {index} (<{op}>): the sel attribute (an XPath selector of at "
+                              f"most {_MAX_SELECTOR} characters) is required")
+        if op == "add" and element.get("pos") not in _ADD_POSITIONS:
+            raise bad_request(f"XML Patch operation {index} (<add>): pos is before, after or prepend, not "
+                              f"{element.get('pos')!r}")
+        namespaces = {prefix: uri for prefix, uri in element.nsmap.items()
+                      if prefix and not uri.startswith(_EXTENSION_NAMESPACES)}
+        # RFC 5261: a relative location path starts at the document node (`f:Patient/...`)
+        absolute = "/" + selector if _LOCATION_STEP.match(selector) else selector
+        return cls(index, op, absolute, namespaces, element, root_type)
+
+    def malformed(self, message: str) -> FhirError:
+        return bad_request(f"XML Patch operation {self.index} (<{self.op}> {self.selector}): {message}")
+
+    def fail(self, message: str, node: Any = None) -> FhirError:
+        location = _node_expression(node, self.root_type) if node is not None else self.root_type
+        return unprocessable(f"XML Patch operation {self.index} (<{self.op}> {self.selector}): {message}", location)
+
+    def apply(self, document: Any) -> None:
+        target = self._select(document)
+        if self.op == "add":
+            self._add(target)
+        elif self.op == "replace":
+            self._replace(target)
+        else:
+            self._remove(target)
+
+    def _select(self, document: Any) -> Any:
+        try:
+            found = document.xpath(self.selector, namespaces=self.namespaces)
+        except (etree.XPathError, ValueError) as exc:
+            raise self.malformed(f"the selector is not a valid XPath expression ({exc})") from None
+        if not isinstance(found, list):
+            raise self.malformed("the selector must select a node, not compute a value")
+        if len(found) != 1:
+            raise self.fail(f"the selector must select exactly one node, it selects {len(found)}")
+        return found[0]
+
+    # -- the operations ------------------------------------------------------------------------------
+    def _add(self, target: Any) -> None:
+        if not isinstance(target, etree._Element):
+            raise self.fail("nodes are added to an element", _owner(target))
+        kind = self.element.get("type")
+        if kind is not None:
+            self._add_attribute(target, kind)
+            return
+        content = self._content_elements()
+        position = self.element.get("pos")
+        if position in ("before", "after"):
+            parent = target.getparent()
+            if parent is None:
+                raise self.fail("nothing is added beside the resource itself", target)
+            start = parent.index(target) + (1 if position == "after" else 0)
+            for offset, child in enumerate(content):
+                parent.insert(start + offset, child)
+        elif position == "prepend":
+            for offset, child in enumerate(content):
+                target.insert(offset, child)
+        else:
+            target.extend(content)
+
+    def _add_attribute(self, target: Any, kind: str) -> None:
+        name = kind[1:] if kind.startswith("@") else ""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+            raise self.malformed(f"type {kind!r}: only unqualified attributes (type=\"@name\") are added")
+        if name in target.attrib:
+            raise self.fail(f"the element already has a {name} attribute: use replace", target)
+        target.set(name, self.element.text or "")
+
+    def _replace(self, target: Any) -> None:
+        if isinstance(target, etree._Element):
+            replacement = self._content_elements()
+            parent = target.getparent()
+            if len(replacement) != 1:
+                raise self.malformed(f"an element is replaced by exactly one element, not {len(replacement)}")
+            if parent is None:
+                raise self.fail("the resource itself is not replaced", target)
+            parent.replace(target, replacement[0])
+        elif getattr(target, "is_attribute", False):
+            target.getparent().set(target.attrname, self.element.text or "")
+        else:
+            raise self.fail("only elements and attributes are replaced (FHIR XML has no text content)",
+                            _owner(target))
+
+    def _remove(self, target: Any) -> None:
+        if isinstance(target, etree._Element):
+            parent = target.getparent()
+            if parent is None:
+                raise self.fail("the resource itself is not removed", target)
+            parent.remove(target)
+        elif getattr(target, "is_attribute", False):
+            del target.getparent().attrib[target.attrname]
+        else:
+            raise self.fail("only elements and attributes are removed (FHIR XML has no text content)",
+                            _owner(target))
+
+    def _content_elements(self) -> list:
+        """Copies of the elements an add or replace carries, which must be FHIR elements."""
+        if (self.element.text or "").strip() or any((child.tail or "").strip() for child in self.element):
+            raise self.malformed("FHIR XML has no text outside attributes: the operation carries elements only")
+        content = [copy.deepcopy(child) for child in self.element if isinstance(child.tag, str)]
+        for child in content:
+            child.tail = None
+            for node in child.iter():
+                namespace = etree.QName(node).namespace if isinstance(node.tag, str) else FHIR_NS
+                if namespace not in (FHIR_NS, XHTML_NS):
+                    raise self.malformed(f"<{etree.QName(node).localname}> is not in the FHIR namespace: added "
+                                         f"elements are FHIR elements (declare xmlns=\"{FHIR_NS}\")")
+        return content
+
+
+def _owner(node: Any) -> Any:
+    """The element an attribute or a text node belongs to."""
+    return node.getparent() if hasattr(node, "getparent") else None
+
+
+def _node_expression(node: Any, root_type: str) -> str:
+    """FHIRPath-like location of an element of the resource's XML: `DocumentReference.securityLabel[1]`."""
+    if not isinstance(node, etree._Element):
+        return root_type
+    steps = []
+    while node is not None and node.getparent() is not None:
+        name = etree.QName(node).localname
+        same = [s for s in node.getparent() if isinstance(s.tag, str) and etree.QName(s).localname == name]
+        steps.append(f"{name}[{same.index(node)}]" if len(same) > 1 else name)
+        node = node.getparent()
+    return ".".join([root_type, *reversed(steps)])

@@ -14,6 +14,8 @@ SUBMISSION_SET = f"{PDSM}/StructureDefinition/pdsm-submissionset-comprehensive"
 FOLDER = f"{PDSM}/StructureDefinition/pdsm-folder-comprehensive"
 PROVIDE_BUNDLE = f"{PDSM}/StructureDefinition/pdsm-comprehensive-provide-document-bundle"
 PATCH_PARAMETERS = f"{MHD}/StructureDefinition/IHE.MHD.Patch.Parameters"
+FIND_DOCUMENTS_RESPONSE = f"{PDSM}/StructureDefinition/pdsm-find-documentreferences-comprehensive-response"
+FIND_LISTS_RESPONSE = f"{PDSM}/StructureDefinition/pdsm-find-lists-response"
 # A bundle claiming any of these is an ITI-65 Provide Document Bundle.
 PROVIDE_BUNDLES = frozenset({
     PROVIDE_BUNDLE,
@@ -36,6 +38,8 @@ IMPLEMENTATION_GUIDE = f"{PDSM}/ImplementationGuide/ans.fhir.fr.pdsm"
 # -- code systems -------------------------------------------------------------------------------
 LIST_TYPES = f"{MHD}/CodeSystem/MHDlistTypes"
 SUBMISSIONSET_CODE, FOLDER_CODE = "submissionset", "folder"
+MHD_IDENTIFIER_TYPE = f"{MHD}/CodeSystem/MHDIdentifierType"
+ENTRY_UUID_CODE = "entryUUID"
 PRODUCTEUR_NON_PS = f"{NOS}/TRE_A00-ProducteurDocNonPS/FHIR/TRE-A00-ProducteurDocNonPS"
 PATIENT_EXPRESSION = "EXP_PATIENT"            # TRE_A00: the patient's own documents
 VISIBILITY = f"{NOS}/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"

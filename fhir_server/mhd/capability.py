@@ -15,20 +15,29 @@ REST_DOCUMENTATION = (
     f"claiming {canonical.PROVIDE_BUNDLE}), ITI-105 Simplified Publish (POST DocumentReference with the "
     "document in content.attachment.data), ITI-67 Find Document References, ITI-66 Find Document Lists, "
     "ITI-68 Retrieve Document (GET on content.attachment.url), metadata update by conditional PATCH "
-    "(status, securityLabel, isArchived).")
+    "(status, securityLabel, isArchived). A provide bundle may carry FHIR documents (Bundle of type document) "
+    "as content, and file documents published earlier into new or existing folders.")
 RESOURCE_DOCUMENTATION = {
     "DocumentReference": (
-        "ITI-67: a search names the patient (patient or patient.identifier) and the status, else 400. "
+        "ITI-67: a search names the patient (patient or patient.identifier) and the status, else 400; "
+        "author.given / author.family search the contained authors' names; the searchset carries its total "
+        f"({canonical.FIND_DOCUMENTS_RESPONSE}). "
         "ITI-105: POST with the document inline; stored as a Binary plus a PDSm comprehensive entry and a "
-        "submission set. Metadata update: PATCH DocumentReference?identifier=[system]|[value] changes status, "
-        "securityLabel and the isArchived extension only (405 otherwise). A new version replaces an entry with "
+        "submission set. Each entry carries an entryUUID (identifier use=official, urn:uuid:), assigned by the "
+        "server when the source leaves it out; masterIdentifier and entryUUID are unique (409). Metadata update: "
+        "PATCH DocumentReference?identifier=[system]|[value] (JSON Patch, XML Patch or FHIRPath Patch) changes "
+        "status, securityLabel and the isArchived extension only (405 otherwise). A new version replaces an entry with "
         "relatesTo.code = replaces; DELETE (by the patient or an author) is the logical deletion."),
-    "List": ("ITI-66: submission sets and folders; a search on MHD lists names the patient and the status."),
+    "List": ("ITI-66: submission sets and folders; a search on MHD lists names the patient and the status; "
+             f"the searchset carries its total ({canonical.FIND_LISTS_RESPONSE})."),
     "Binary": ("ITI-68: the document in its own media type (streamed), or a Binary resource when FHIR JSON or "
                "XML is asked for; readable by whoever may read its DocumentReference."),
 }
-REQUIRED_SEARCH = {
-    "DocumentReference": {"patient": "ITI-67: required (or patient.identifier)", "status": "ITI-67: required"},
+SEARCH_NOTES = {
+    "DocumentReference": {"patient": "ITI-67: required (or patient.identifier)", "status": "ITI-67: required",
+                          "author-given": "ITI-67: sent as author.given; given name of a contained author "
+                                          "(Practitioner, Patient, RelatedPerson, or PractitionerRole's Practitioner)",
+                          "author-family": "ITI-67: sent as author.family; family name of a contained author"},
     "List": {"patient": "ITI-66: required for MHD lists (or patient.identifier)",
              "status": "ITI-66: required for MHD lists"},
 }
@@ -54,6 +63,6 @@ def _document_resource(resource: dict) -> None:
     if resource_type in RESOURCE_DOCUMENTATION:
         resource["documentation"] = RESOURCE_DOCUMENTATION[resource_type]
     for param in resource.get("searchParam", []):
-        note = REQUIRED_SEARCH.get(resource_type, {}).get(param.get("name"))
+        note = SEARCH_NOTES.get(resource_type, {}).get(param.get("name"))
         if note:
             param["documentation"] = note

@@ -13,7 +13,9 @@ and write hooks (inside its transaction; they make the consequences happen atomi
   raw to /Binary first) is bound to the entry (`securityContext`), so it gets its access rules;
 - a shared entry is not rewritten (PUT) by a patient or a professional: its metadata change by
   PATCH (flux 03), its document by a new version that replaces it; and the bytes of a document
-  bound to an entry never change (the entry holds their hash), nor does the binding.
+  bound to an entry never change (the entry holds their hash), nor does the binding;
+- the same holds for a FHIR document (a Bundle the entry's `attachment.url` names): it belongs to one
+  entry, does not change, and is deleted with it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from fhir_server.engine.errors import FhirError, error
 from fhir_server.engine.interactions import Interactions, WriteEvent
 from fhir_server.mhd.actors import ServerStepContext, is_author, is_owner, is_trusted
-from fhir_server.mhd.binary_access import SECURITY_CONTEXT
+from fhir_server.mhd.binary_access import ATTACHMENT_URL, SECURITY_CONTEXT
 from fhir_server.mhd.content import BinaryContent
 from fhir_server.mhd.documents import (
     attachments,
@@ -34,6 +36,8 @@ from fhir_server.mhd.documents import (
     replaced_targets,
     subject_reference,
 )
+from fhir_server.mhd.fhir_documents import document_id
+from fhir_server.storage import Session
 
 FindIds = Callable[[str, list[tuple[str, str]]], list[str]]
 SUPERSEDE = [{"op": "replace", "path": "/status", "value": "superseded"}]
@@ -53,6 +57,8 @@ class DocumentLifecycle:
             _require_literal_patient(event.new, "List")
         if event.resource_type == "Binary":
             self._check_document_binary(event)
+        if event.resource_type == "Bundle" and event.old is not None:
+            self._check_fhir_document(event)
         if event.resource_type != "DocumentReference":
             return
         if event.interaction == "delete":
@@ -66,6 +72,7 @@ class DocumentLifecycle:
         if event.interaction == "create":
             self._check_unique_master_identifier(event)
             self._check_replacements(event)
+            self._check_fhir_document_binding(event)
 
     def _check_unique_master_identifier(self, event: WriteEvent) -> None:
         identifier = master_identifier(event.new or {})
@@ -120,6 +127,37 @@ class DocumentLifecycle:
                         "size and hash: its bytes and binding do not change; provide a new version of the document "
                         "that replaces it", "Binary")
 
+    def _check_fhir_document(self, event: WriteEvent) -> None:
+        """A FHIR document bound to an entry: same content (meta aside), deleted with its entry only."""
+        entries = self._entries_of_fhir_document(event.resource_id, event.session)
+        if not entries:
+            return
+        if event.new is None:
+            if not isinstance(event.ctx, ServerStepContext):
+                raise error(405, "not-supported", f"This Bundle is the document of {entries[0]}: it is deleted with "
+                            "its entry (DELETE the DocumentReference)", "Bundle")
+            return
+        if _without_meta(event.new) != _without_meta(event.old or {}):
+            raise error(405, "not-supported", f"This Bundle is the document of {entries[0]}, which holds its size "
+                        "and hash: it does not change; provide a new version of the document that replaces it",
+                        "Bundle")
+
+    def _check_fhir_document_binding(self, event: WriteEvent) -> None:
+        """A FHIR document is the content of one entry only (it takes that entry's access rules)."""
+        for found in attachments(event.new or {}):
+            bundle_id = document_id(found.attachment.get("url"))
+            others = [e for e in self._entries_of_fhir_document(bundle_id, event.session)
+                      if e != f"DocumentReference/{event.resource_id}"] if bundle_id else []
+            if others:
+                raise error(422, "business-rule", f"{found.expression}.url: Bundle/{bundle_id} is already the "
+                            f"document of {others[0]}; a new entry describes a document of its own",
+                            f"{found.expression}.url")
+
+    def _entries_of_fhir_document(self, bundle_id: str, session: Session) -> list[str]:
+        found = self.store.find("DocumentReference", {ATTACHMENT_URL: f"Bundle/{bundle_id}"}, limit=2,
+                                projection={"_id": 1}, session=session)
+        return [f"DocumentReference/{d['_id']}" for d in found]
+
     def _check_deletion(self, event: WriteEvent) -> None:
         if is_trusted(event.ctx) or is_owner(event.ctx, event.acl) or is_author(event.ctx, event.acl):
             return
@@ -149,9 +187,14 @@ class DocumentLifecycle:
 
     def _delete_binaries(self, event: WriteEvent) -> None:
         document = f"DocumentReference/{event.resource_id}"
+        step = ServerStepContext.of(event.ctx)
         for found in self.store.find("Binary", {SECURITY_CONTEXT: document}, projection={"_id": 1},
                                      session=event.session):
-            self.interactions.delete("Binary", found["_id"], ServerStepContext.of(event.ctx), session=event.session)
+            self.interactions.delete("Binary", found["_id"], step, session=event.session)
+        for content in attachments(event.old or {}):
+            bundle_id = document_id(content.attachment.get("url"))
+            if bundle_id and self.store.get("Bundle", bundle_id, event.session) is not None:
+                self.interactions.delete("Bundle", bundle_id, step, session=event.session)
 
     def _bind_stored_binaries(self, event: WriteEvent) -> None:
         document = f"DocumentReference/{event.resource_id}"
@@ -167,6 +210,10 @@ class DocumentLifecycle:
                 raise error(exc.status, "forbidden" if exc.status == 403 else "processing",
                             f"{found.expression}.url: Binary/{stored_id} cannot be bound to this document: {exc}",
                             f"{found.expression}.url") from None
+
+
+def _without_meta(resource: dict) -> dict:
+    return {k: v for k, v in resource.items() if k != "meta"}
 
 
 def _require_literal_patient(resource: dict, resource_type: str) -> None:

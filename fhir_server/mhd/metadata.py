@@ -1,8 +1,8 @@
 """Metadata update of a shared document (PDSm flux 03): `PATCH DocumentReference?identifier=...`
-(JSON Patch or FHIRPath Patch) may change the status, the security labels and the archive flag,
-nothing else, and each of them only by those entitled to.
+(JSON Patch, XML Patch or FHIRPath Patch) may change the status, the security labels and the archive
+flag, nothing else, and each of them only by those entitled to.
 
-The rule compares the stored entry with the patched one rather than reading the patch, so both
+The rule compares the stored entry with the patched one rather than reading the patch, so all three
 patch formats (and a patch entry of a transaction) are judged the same way.
 
 Who may change what:

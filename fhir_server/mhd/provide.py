@@ -4,20 +4,25 @@ transaction engine runs it (ids, `urn:uuid:` rewriting, ordering, atomicity stay
 A transaction is a provide bundle when it claims a provide-bundle profile or carries an MHD
 submission set. Its checks, all made before anything is written, every failure naming its entry:
 
-1. the entries are those the profile allows (closed slicing): one submission set, at least one
-   document entry, Binaries, and optionally folders, the patient, patches superseding entries;
+1. the entries are those the profile allows (closed slicing): one submission set, document entries
+   and/or folders, Binaries or FHIR documents (Bundles of type document), and optionally the
+   patient and patches superseding entries;
 2. each resource conforms to its PDSm profile (submission set, document entry, folder, patch);
-3. each document entry's `attachment.url` points at a Binary of the bundle or a stored Binary,
-   whose bytes have exactly the declared `size`, SHA-1 `hash` and `contentType`;
+3. each document entry's `attachment.url` points at a Binary of the bundle or a stored Binary, or at
+   a FHIR document of the bundle, whose bytes (for a FHIR document: as serialized, see
+   fhir_documents.py) have exactly the declared `size`, SHA-1 `hash` and `contentType`;
 4. the submission set lists every document entry and folder of the bundle; all concern one patient;
-   a masterIdentifier appears once.
+   a masterIdentifier and an entryUUID appear once;
+5. what a folder files that is not in the bundle is a stored document of the same patient (folders.py).
 
 Steps 1 and 2 are the provide-bundle profile's rules (closed slicing by profile and request method)
 applied entry by entry: validating the whole bundle against that profile gives the same verdict,
 with messages that only say "matches none of the slices", at ten times the cost.
 
-The bundle handed back to the engine differs in one way: each Binary of a document entry gets
-`securityContext` = that entry (see binary_access.py), unless the client set one.
+The bundle handed back to the engine differs in three ways: each Binary of a document entry gets
+`securityContext` = that entry (see binary_access.py), unless the client set one; each document
+entry, submission set and folder without an entryUUID gets one (entry_uuid.py; a folder's new
+version keeps the stored one); the submission set lists the stored documents newly filed in folders.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fhir_server.engine.errors import FhirError, Issue
@@ -41,6 +45,9 @@ from fhir_server.mhd.documents import (
     master_identifier,
     subject_reference,
 )
+from fhir_server.mhd.entry_uuid import entry_uuid_identifiers, entry_uuid_problems, with_entry_uuid
+from fhir_server.mhd.fhir_documents import MEDIA_TYPES, document_facts, document_id, is_fhir_document
+from fhir_server.mhd.folders import FindIds, FolderEntry, FolderFiling, ReadResource
 from fhir_server.mhd.profiles import ProfileCheck
 
 # Entry kinds of a provide bundle (the slices of the MHD / PDSm provide-bundle profile).
@@ -49,7 +56,7 @@ DOCUMENTS, FHIR_DOCUMENTS, FOLDERS, PATIENT = "Documents", "FhirDocuments", "Fol
 ENTRY_PROFILES = {SUBMISSION_SET: canonical.SUBMISSION_SET, DOCUMENT_REFS: canonical.COMPREHENSIVE_DOCUMENT,
                   FOLDERS: canonical.FOLDER, UPDATE_DOCUMENT_REFS: canonical.PATCH_PARAMETERS}
 
-ReadBinary = Callable[[str, RequestContext], dict]       # id -> the stored Binary (FhirError 404 if unseen)
+NAMED_BY_ENTRY_UUID = (SUBMISSION_SET, DOCUMENT_REFS, FOLDERS)
 
 
 @dataclass
@@ -82,8 +89,10 @@ class _Check:
     entries: list[_Entry]
     ctx: RequestContext
     issues: list[Issue] = field(default_factory=list)
-    facts: dict[int, ContentFacts | None] = field(default_factory=dict)     # Binary entry -> its content
-    owners: dict[int, int] = field(default_factory=dict)                     # Binary entry -> document entry
+    facts: dict[int, ContentFacts | None] = field(default_factory=dict)     # content entry -> its facts
+    owners: dict[int, int] = field(default_factory=dict)                     # content entry -> document entry
+    refiled: list[str] = field(default_factory=list)                         # stored documents filed anew
+    kept_entry_uuids: dict[int, str] = field(default_factory=dict)           # folder entry -> stored entryUUID
 
     def of_kind(self, *kinds: str) -> list[_Entry]:
         return [e for e in self.entries if e.kind in kinds]
@@ -105,10 +114,11 @@ def is_provide_bundle(bundle: dict) -> bool:
 
 
 class ProvideBundleChecks:
-    def __init__(self, profiles: ProfileCheck, content: BinaryContent, read_binary: ReadBinary) -> None:
+    def __init__(self, profiles: ProfileCheck, content: BinaryContent, read: ReadResource, find_ids: FindIds) -> None:
         self.profiles = profiles
         self.content = content
-        self.read_binary = read_binary
+        self.read = read
+        self.folders = FolderFiling(read, find_ids)
 
     def __call__(self, bundle: dict, ctx: RequestContext) -> dict:
         """The bundle the engine should run: unchanged when it is no provide bundle."""
@@ -121,11 +131,14 @@ class ProvideBundleChecks:
         check.fail_if_any()
         for document in check.of_kind(DOCUMENT_REFS):
             self._document_contents(check, document)
+        self._fhir_documents_are_described(check)
         self._submission_set_lists_everything(check)
         self._one_patient(check)
         self._unique_master_identifiers(check)
+        self._unique_entry_uuids(check)
+        self._folder_filing(check)
         check.fail_if_any()
-        return _with_security_contexts(check)
+        return _with_refiling(_with_entry_uuids(_with_security_contexts(check), check), check)
 
     # -- 1. closed slicing --------------------------------------------------------------------------
     def _entry_kinds(self, check: _Check) -> None:
@@ -133,15 +146,16 @@ class ProvideBundleChecks:
             if entry.kind is None:
                 what = f"{entry.method} {entry.resource.get('resourceType') or entry.raw.get('request', {}).get('url')}"
                 check.add("structure", f"{entry.where}: a provide bundle holds one submission set (POST List), "
-                          "document entries (POST DocumentReference), their Binaries, and optionally folders, "
+                          "document entries (POST DocumentReference), their Binaries or FHIR documents (POST "
+                          "Bundle), and optionally folders, "
                           f"the Patient and patches superseding entries; '{what}' is none of them", entry.where)
-        counts = {kind: len(check.of_kind(kind)) for kind in (SUBMISSION_SET, DOCUMENT_REFS, PATIENT)}
+        counts = {kind: len(check.of_kind(kind)) for kind in (SUBMISSION_SET, DOCUMENT_REFS, FOLDERS, PATIENT)}
         if counts[SUBMISSION_SET] != 1:
             check.add("structure", f"A provide bundle has exactly one submission set (a POST of a List coded "
                       f"{canonical.LIST_TYPES}|submissionset); this one has {counts[SUBMISSION_SET]}", "Bundle.entry")
-        if counts[DOCUMENT_REFS] < 1:
-            check.add("structure", "A provide bundle adds at least one document entry (POST DocumentReference)",
-                      "Bundle.entry")
+        if counts[DOCUMENT_REFS] + counts[FOLDERS] < 1:
+            check.add("structure", "A provide bundle adds at least one document entry (POST DocumentReference), or "
+                      "files documents in a folder (POST or PUT List)", "Bundle.entry")
         if counts[PATIENT] > 1:
             check.add("structure", "A provide bundle holds the Patient at most once", "Bundle.entry")
 
@@ -156,7 +170,12 @@ class ProvideBundleChecks:
     def _document_contents(self, check: _Check, document: _Entry) -> None:
         for found in attachments(document.resource):
             where = f"{document.where}.resource.content[{found.index}].attachment"
-            located = self._locate_binary(check, found.attachment.get("url"), where)
+            url = found.attachment.get("url")
+            fhir_document = _bundle_entry(check, url)
+            if fhir_document is not None:
+                self._fhir_document_content(check, document, fhir_document, found.attachment, where)
+                continue
+            located = self._locate_binary(check, url, where)
             if located is None:
                 continue
             binary, binary_entry = located
@@ -174,6 +193,32 @@ class ProvideBundleChecks:
                 continue
             _compare(check, found.attachment, binary, facts, source, where)
 
+    def _fhir_document_content(self, check: _Check, document: _Entry, bundle: _Entry, attachment: dict,
+                               where: str) -> None:
+        """A FHIR document of the bundle: a Bundle of type document, whose serialization in the
+        declared media type has the declared size and hash."""
+        check.owners.setdefault(bundle.index, document.index)
+        if not is_fhir_document(bundle.resource):
+            check.add("value", f"{bundle.where}.resource.type is {bundle.resource.get('type')!r}: the FHIR document "
+                      f"{where}.url points at is a Bundle of type document", f"{bundle.where}.resource.type")
+            return
+        media = _media(attachment.get("contentType"))
+        facts = document_facts(bundle.resource, media)
+        if facts is None:
+            check.add("value", f"{where}.contentType is {media or 'missing'}: a FHIR document is "
+                      f"{' or '.join(sorted(MEDIA_TYPES))}", f"{where}.contentType")
+            return
+        _compare(check, attachment, {}, facts, f"{bundle.where} (FHIR document serialized as {media})", where)
+
+    def _fhir_documents_are_described(self, check: _Check) -> None:
+        """A FHIR document is the content of a document entry of the bundle: it takes its access rules
+        from that entry (binary_access.py), and has none of its own."""
+        for entry in check.of_kind(FHIR_DOCUMENTS):
+            if entry.index not in check.owners:
+                check.add("required", f"{entry.where}: a FHIR document of a provide bundle is the content of one of "
+                          "its document entries (their content.attachment.url is its fullUrl); no document "
+                          f"entry points at {entry.full_url or 'this entry, which has no fullUrl'}", entry.where)
+
     def _locate_binary(self, check: _Check, url: object, where: str) -> tuple[dict, _Entry | None] | None:
         """The Binary an attachment.url points at: a bundle entry (by fullUrl, or `Binary/[id]` of a
         PUT entry), else a stored Binary the requester may read."""
@@ -181,13 +226,17 @@ class ProvideBundleChecks:
             request_url = (entry.raw.get("request") or {}).get("url")
             if url is not None and (url == entry.full_url or binary_id(url) and request_url == url):
                 return entry.resource, entry
+        if document_id(url) is not None:
+            check.add("value", f"{where}.url points at a stored {url}: a FHIR document is provided in the bundle "
+                      "itself (a POST Bundle entry, named by its fullUrl)", f"{where}.url")
+            return None
         stored_id = binary_id(url)
         if stored_id is None:
-            check.add("value", f"{where}.url must point at a Binary of this bundle (its fullUrl) or a stored "
-                      f"Binary (Binary/[id]), not {url!r}", f"{where}.url")
+            check.add("value", f"{where}.url must point at a Binary or a FHIR document of this bundle (its fullUrl) "
+                      f"or a stored Binary (Binary/[id]), not {url!r}", f"{where}.url")
             return None
         try:
-            return self.read_binary(stored_id, check.ctx), None
+            return self.read("Binary", stored_id, check.ctx), None
         except FhirError:
             check.add("not-found", f"{where}.url points at Binary/{stored_id}, which does not exist",
                       f"{where}.url")
@@ -227,6 +276,35 @@ class ProvideBundleChecks:
             elif identifier:
                 seen[identifier] = entry.index
 
+    def _unique_entry_uuids(self, check: _Check) -> None:
+        seen: dict[str, int] = {}
+        for entry in check.of_kind(*NAMED_BY_ENTRY_UUID):
+            check.issues += entry_uuid_problems(entry.resource, f"{entry.where}.resource")
+            for index, identifier in entry_uuid_identifiers(entry.resource):
+                value = identifier.get("value")
+                where = f"{entry.where}.resource.identifier[{index}]"
+                if value in seen:
+                    check.add("duplicate", f"{where}: entryUUID {value} is already the one of "
+                              f"Bundle.entry[{seen[value]}]; each entry has its own", where)
+                elif isinstance(value, str):
+                    seen[value] = entry.index
+
+    # -- 5. folders ------------------------------------------------------------------------------------
+    def _folder_filing(self, check: _Check) -> None:
+        folders = [FolderEntry(e.where, e.resource, str((e.raw.get("request") or {}).get("url", "")))
+                   for e in check.of_kind(FOLDERS)]
+        if not folders:
+            return
+        sets = check.of_kind(SUBMISSION_SET)
+        patient = subject_reference(sets[0].resource) if sets else None
+        in_bundle = {e.full_url for e in check.of_kind(DOCUMENT_REFS) if e.full_url}
+        filing = self.folders.check(folders, in_bundle, patient, check.ctx)
+        check.issues += filing.issues
+        check.refiled = filing.refiled
+        by_where = {e.where: e.index for e in check.of_kind(FOLDERS)}
+        check.kept_entry_uuids = {by_where[where]: value for where, value in filing.kept_entry_uuids.items()}
+
+
 # -- helpers -----------------------------------------------------------------------------------------
 def _method(raw: dict) -> str:
     request = raw.get("request")
@@ -246,7 +324,7 @@ def _classify(raw: dict) -> str | None:
             return FOLDERS
         return None
     url = str((raw.get("request") or {}).get("url", ""))
-    if method == "PATCH":       # a FHIRPath Patch (Parameters) or a JSON Patch (in a Binary)
+    if method == "PATCH":       # a FHIRPath Patch (Parameters), or a JSON or XML Patch (in a Binary)
         return UPDATE_DOCUMENT_REFS if url.startswith("DocumentReference") else None
     if resource_type is None and method == "GET":
         return PATIENT if url.startswith("Patient") else None
@@ -254,6 +332,11 @@ def _classify(raw: dict) -> str | None:
         ("DocumentReference", "POST"): DOCUMENT_REFS, ("Binary", "POST"): DOCUMENTS, ("Binary", "PUT"): DOCUMENTS,
         ("Bundle", "POST"): FHIR_DOCUMENTS, ("Patient", "POST"): PATIENT, ("Patient", "PUT"): PATIENT,
     }.get((resource_type, method))
+
+
+def _bundle_entry(check: _Check, url: object) -> _Entry | None:
+    """The FHIR document entry an attachment.url names by its fullUrl."""
+    return next((e for e in check.of_kind(FHIR_DOCUMENTS) if url is not None and url == e.full_url), None)
 
 
 def _entry_facts(binary: dict) -> ContentFacts | None:
@@ -299,7 +382,7 @@ def _with_security_contexts(check: _Check) -> dict:
     by_index = {e.index: e for e in check.entries}
     for binary_index, document_index in check.owners.items():
         binary, document = by_index[binary_index], by_index[document_index]
-        if "securityContext" in binary.resource:
+        if binary.kind != DOCUMENTS or "securityContext" in binary.resource:
             continue
         if document.full_url is None:          # the engine resolves references to fullUrls only
             raw_entries[document.index] = {**raw_entries[document.index], "fullUrl": f"urn:uuid:{new_id()}"}
@@ -307,3 +390,28 @@ def _with_security_contexts(check: _Check) -> dict:
         resource = {**binary.resource, "securityContext": {"reference": document.full_url}}
         raw_entries[binary.index] = {**raw_entries[binary.index], "resource": resource}
     return {**check.bundle, "entry": raw_entries}
+
+
+def _with_entry_uuids(bundle: dict, check: _Check) -> dict:
+    """The bundle with an entryUUID on each submission set, document entry and folder."""
+    raw_entries = list(bundle.get("entry") or [])
+    for entry in check.of_kind(*NAMED_BY_ENTRY_UUID):
+        raw = raw_entries[entry.index]
+        resource = with_entry_uuid(raw["resource"], check.kept_entry_uuids.get(entry.index))
+        if resource is not raw["resource"]:
+            raw_entries[entry.index] = {**raw, "resource": resource}
+    return {**bundle, "entry": raw_entries}
+
+
+def _with_refiling(bundle: dict, check: _Check) -> dict:
+    """The bundle whose submission set also lists the stored documents it files in folders."""
+    sets = check.of_kind(SUBMISSION_SET)
+    if not check.refiled or len(sets) != 1:
+        return bundle
+    raw_entries = list(bundle.get("entry") or [])
+    raw = raw_entries[sets[0].index]
+    listed = [e for e in raw["resource"].get("entry") or [] if isinstance(e, dict)]
+    present = {(e.get("item") or {}).get("reference") for e in listed}
+    added = [{"item": {"reference": reference}} for reference in check.refiled if reference not in present]
+    raw_entries[sets[0].index] = {**raw, "resource": {**raw["resource"], "entry": [*listed, *added]}}
+    return {**bundle, "entry": raw_entries}

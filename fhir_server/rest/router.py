@@ -27,6 +27,7 @@ from fhir_server.rest.negotiation import (
 from fhir_server.server import FhirServer
 
 FORMAT_PARAMS = {"_format", "_pretty"}
+XML_PATCH = "application/xml-patch+xml"        # RFC 5261
 
 
 @dataclass
@@ -197,13 +198,18 @@ class Router:
 
     def _patch_body(self, request: HttpRequest) -> tuple[Any, str]:
         content_type = media_type(request.headers.get("content-type"))
+        if content_type == XML_PATCH:          # applied to the resource's XML form: kept as bytes
+            if len(request.body) > self.server.settings.max_body_bytes:
+                raise error(413, "too-costly", f"The body is {len(request.body)} bytes; the limit is "
+                            f"{self.server.settings.max_body_bytes}")
+            return request.body, "xml-patch"
         body = parse_body(request.body, content_type, self.server.settings.max_body_bytes)
         if content_type == JSON_PATCH:
             return body, "json-patch"
         if isinstance(body, dict) and body.get("resourceType") == "Parameters":
             return body, "fhirpath-patch"
-        raise error(415, "not-supported", "PATCH takes application/json-patch+json, or a FHIRPath Patch "
-                    "Parameters resource as application/fhir+json or application/fhir+xml")
+        raise error(415, "not-supported", "PATCH takes application/json-patch+json, application/xml-patch+xml, "
+                    "or a FHIRPath Patch Parameters resource as application/fhir+json or application/fhir+xml")
 
     def _form_params(self, request: HttpRequest) -> list[tuple[str, str]]:
         if not request.body:

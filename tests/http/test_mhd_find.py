@@ -12,15 +12,23 @@ from tests.http.test_mhd_support import (
     IMAGERIE,
     IS_ARCHIVED,
     ORDONNANCE,
+    OTHER_PATIENT_ID,
     PATIENT_ID,
     PATIENT_INS,
     PHOTO,
     REMPLACEMENT,
     RFC3986,
     diagnostics,
+    entry_of,
     example,
+    for_patient,
+    fresh,
     load_patients,
+    practitioner,
+    practitioner_role,
+    provided_document,
     search_ids,
+    with_author,
 )
 
 NOS = "https://mos.esante.gouv.fr/NOS/"
@@ -157,3 +165,110 @@ def test_find_lists_needs_patient_and_status(client, documents):
     assert response.status_code == 400
     assert "ITI-66" in diagnostics(response.json())
     assert client.get("/fhir/List", params={"patient": PATIENT_ID}).status_code == 200    # not an MHD search
+
+
+# -- author.given / author.family (the author is contained) --------------------------------------------
+THEIRS = {"patient": OTHER_PATIENT_ID, "status": "current"}
+
+
+@pytest.fixture(scope="module")
+def authored(client, documents) -> dict[str, str]:
+    """Documents of the second patient by named, contained authors; name -> DocumentReference id."""
+    jean = with_author(fresh(example(ORDONNANCE)), practitioner_role("auteur", "ps", "10003456789"),
+                       practitioner("ps", "Jean", "Dupont", "10003456789"))
+    jeanne = with_author(fresh(example(BIOLOGIE)), practitioner("auteur", "Jeanne", "Dupond", "10107654321"))
+    helene = with_author(fresh(example(CR)), practitioner_role("role", "ps", "10101234567"),
+                         practitioner("ps", "Hélène", "Lefèvre", "10101234567"))
+    # the validating professional is contained too, but is no author
+    validator = practitioner("validateur", "Zoé", "Martin", "10199999999")
+    document = entry_of(helene, "DocumentReference")["resource"]
+    document["contained"].append(validator)
+    document["authenticator"] = {"reference": "#validateur"}
+    return {name: provided_document(client, for_patient(bundle, OTHER_PATIENT_ID))["id"]
+            for name, bundle in (("jean", jean), ("jeanne", jeanne), ("helene", helene))}
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ({"author.given": "Jean", "author.family": "Dupont"}, ["jean"]),
+    ({"author.given": "jean"}, ["jean", "jeanne"]),                  # strings match the start, any case
+    ({"author.given:exact": "Jean"}, ["jean"]),
+    ({"author.family": "DUPON"}, ["jean", "jeanne"]),
+    ({"author.family": "lefevre"}, ["helene"]),                       # accents folded
+    ({"author.given": "Hélène", "author.family": "Lefèvre"}, ["helene"]),
+    ({"author.given": "Zoé"}, []),                                    # contained, but not an author
+    ({"author.family": "Dupont,Lefevre"}, ["jean", "helene"]),
+    ({"author.given": "Paul"}, []),
+])
+def test_author_name_of_contained_authors(client, authored, params, expected):
+    assert search_ids(client, {**THEIRS, **params}) == {authored[name] for name in expected}
+
+
+def test_author_name_in_post_search_xml_and_compartment(client, authored):
+    response = client.post("/fhir/DocumentReference/_search",
+                           data={**THEIRS, "author.given": "Jean", "author.family": "Dupont"})
+    assert response.status_code == 200
+    assert [e["resource"]["id"] for e in response.json()["entry"]] == [authored["jean"]]
+    response = client.get("/fhir/DocumentReference", params={**THEIRS, "author.family": "Dupont"},
+                          headers={"Accept": "application/fhir+xml"})
+    assert response.status_code == 200 and authored["jean"].encode() in response.content
+    response = client.get(f"/fhir/Patient/{OTHER_PATIENT_ID}/DocumentReference",
+                          params={"status": "current", "author.family": "Dupond"})
+    assert [e["resource"]["id"] for e in response.json()["entry"]] == [authored["jeanne"]]
+
+
+def test_author_name_needs_patient_and_status(client, authored):
+    response = client.get("/fhir/DocumentReference", params={"author.given": "Jean", "author.family": "Dupont"})
+    assert response.status_code == 400
+    assert "ITI-67" in diagnostics(response.json())
+
+
+def test_find_responses_carry_their_total(client, authored):
+    bundle = client.get("/fhir/DocumentReference", params={**THEIRS, "author.family": "Dupon"}).json()
+    assert bundle["total"] == 2
+    assert client.get("/fhir/DocumentReference", params={**THEIRS, "_total": "none"}).json().get("total") is None
+
+
+# -- the find responses conform to the PDSm find-response profiles ---------------------------------------
+PDSM_PROFILES = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/"
+FIND_DOCUMENTS_RESPONSE = PDSM_PROFILES + "pdsm-find-documentreferences-comprehensive-response"
+FIND_LISTS_RESPONSE = PDSM_PROFILES + "pdsm-find-lists-response"
+
+
+def validation_errors(client, resource: dict, profile: str) -> list[dict]:
+    response = client.post("/fhir/Bundle/$validate", json=resource, params={"profile": profile})
+    assert response.status_code == 200, response.text
+    return [i for i in response.json()["issue"] if i["severity"] in ("error", "fatal")]
+
+
+def test_iti67_response_conforms_to_the_pdsm_profile(client, documents):
+    answer = client.get("/fhir/DocumentReference", params={**MINE, "_count": "3"}).json()
+    assert len(answer["entry"]) == 3 and answer["total"] == 5
+    assert validation_errors(client, answer, FIND_DOCUMENTS_RESPONSE) == []
+    empty = client.get("/fhir/DocumentReference", params={**MINE, "type": "http://loinc.org|00000-0"}).json()
+    assert empty["total"] == 0 and validation_errors(client, empty, FIND_DOCUMENTS_RESPONSE) == []
+
+
+def test_iti66_response_conforms_to_the_pdsm_profile(client, documents):
+    for code in ("submissionset", "folder"):
+        answer = client.get("/fhir/List", params={**MINE, "code": f"{MHD_LISTS}|{code}"}).json()
+        assert answer["entry"] and validation_errors(client, answer, FIND_LISTS_RESPONSE) == []
+
+
+def test_find_response_profile_refuses_what_is_not_a_find_response(client, documents):
+    without_total = client.get("/fhir/DocumentReference", params={**MINE, "_total": "none"}).json()
+    issues = validation_errors(client, without_total, FIND_DOCUMENTS_RESPONSE)
+    assert [i["expression"] for i in issues] == [["Bundle.total"]]
+    answer = client.get("/fhir/DocumentReference", params=MINE).json()
+    del answer["entry"][0]["fullUrl"]
+    answer["type"] = "collection"
+    expressions = {e for i in validation_errors(client, answer, FIND_DOCUMENTS_RESPONSE) for e in i["expression"]}
+    assert {"Bundle.type", "Bundle.entry[0].fullUrl"} <= expressions
+
+
+def test_capability_statement_declares_the_author_name_parameters(client):
+    statement = client.get("/fhir/metadata").json()
+    rest = statement["rest"][0]
+    documents = next(r for r in rest["resource"] if r["type"] == "DocumentReference")
+    notes = {p["name"]: p.get("documentation", "") for p in documents["searchParam"]}
+    assert "author.given" in notes["author-given"] and "author.family" in notes["author-family"]
+    assert "application/xml-patch+xml" in statement["patchFormat"]

@@ -28,6 +28,8 @@ from tests.http.test_mhd_support import (
 )
 
 JSON_PATCH = {"Content-Type": "application/json-patch+json"}
+XML_PATCH = {"Content-Type": "application/xml-patch+xml", "Accept": FHIR_JSON}
+FHIR_XML_NS = "http://hl7.org/fhir"
 NORMAL = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "N"}]}
 
 
@@ -57,6 +59,11 @@ def fhirpath_patch(client, document: dict, *operations: dict, headers: dict | No
                             headers={**(headers or {}), "Content-Type": "application/fhir+xml", "Accept": FHIR_JSON})
     return client.patch(by_identifier(document), json=parameters,
                         headers={**(headers or {}), "Content-Type": FHIR_JSON})
+
+
+def xml_patch(client, document: dict, *operations: str, headers: dict | None = None):
+    diff = f'<diff xmlns:f="{FHIR_XML_NS}">{"".join(operations)}</diff>'
+    return client.patch(by_identifier(document), content=diff.encode(), headers={**(headers or {}), **XML_PATCH})
 
 
 def add(path: str, name: str, value: dict) -> dict:
@@ -204,3 +211,52 @@ def test_document_bytes_and_binding_do_not_change(client, issuer_dir, document):
     assert client.put(url, json=binary).status_code == 200                    # same bytes: a no-op version
     assert client.delete(url).status_code == 405
     assert client.get(url, headers={"Accept": "application/pdf"}).status_code == 200
+
+
+# -- XML Patch (RFC 5261): the same rules ------------------------------------------------------------------
+def test_status_by_xml_patch(client, issuer_dir, document):
+    response = xml_patch(client, document, '<replace sel="f:DocumentReference/f:status/@value">superseded</replace>',
+                         headers=doctor(issuer_dir, HOSPITAL_DOCTOR))
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "superseded" and response.json()["meta"]["versionId"] == "2"
+
+
+def test_masking_and_archiving_by_xml_patch(client, issuer_dir, document):
+    label = (f'<securityLabel xmlns="{FHIR_XML_NS}"><coding><system value="{VISIBILITY}"/>'
+             '<code value="MASQUE_PS"/></coding></securityLabel>')
+    archived = f'<extension xmlns="{FHIR_XML_NS}" url="{IS_ARCHIVED}"><valueBoolean value="true"/></extension>'
+    response = xml_patch(client, document, f'<add sel="f:DocumentReference/f:securityLabel" pos="after">{label}</add>',
+                         f'<add sel="f:DocumentReference/f:meta" pos="after">{archived}</add>',
+                         headers=patient(issuer_dir))
+    assert response.status_code == 200, response.text
+    codes = [c["code"] for label in response.json()["securityLabel"] for c in label["coding"]]
+    assert codes == ["N", "MASQUE_PS"]
+    assert response.json()["extension"] == [{"url": IS_ARCHIVED, "valueBoolean": True}]
+
+
+@pytest.mark.parametrize(("operation", "path"), [
+    ('<add sel="f:DocumentReference/f:securityLabel" pos="after"><description xmlns="{ns}" value="Autre"/></add>',
+     "DocumentReference.description"),
+    ('<replace sel="f:DocumentReference/f:content/f:attachment/f:title/@value">Autre titre</replace>',
+     "DocumentReference.content[0].attachment.title"),
+    ('<remove sel="f:DocumentReference/f:custodian"/>', "DocumentReference.custodian"),
+])
+def test_other_paths_are_not_updatable_by_xml_patch(client, document, operation, path):
+    response = xml_patch(client, document, operation.format(ns=FHIR_XML_NS))
+    assert response.status_code == 405, response.text
+    assert [e for e in expressions(response.json()) if e.startswith(path)]
+    assert "cannot be changed" in diagnostics(response.json())
+
+
+def test_xml_patch_by_others_and_malformed_ones_are_refused(client, issuer_dir, document):
+    response = xml_patch(client, document, '<replace sel="f:DocumentReference/f:status/@value">superseded</replace>',
+                         headers=patient(issuer_dir))
+    assert response.status_code == 403
+    response = xml_patch(client, document, '<replace sel="f:DocumentReference/f:status/@value">entered-in-error'
+                         '</replace>')
+    assert response.status_code == 422
+    response = xml_patch(client, document, '<remove sel="f:DocumentReference/f:relatesTo"/>')
+    assert response.status_code == 422                                   # selects nothing
+    response = client.patch(by_identifier(document), content=b"<diff><add", headers=XML_PATCH)
+    assert response.status_code == 400
+    assert client.get(f"/fhir/DocumentReference/{document['id']}").json()["meta"]["versionId"] == "1"

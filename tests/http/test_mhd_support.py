@@ -145,3 +145,34 @@ def search_ids(client, params: dict | list, headers: dict | None = None) -> set[
     response = client.get("/fhir/DocumentReference", params=params, headers=headers or {})
     assert response.status_code == 200, response.text
     return {e["resource"]["id"] for e in response.json().get("entry", []) if e["search"]["mode"] == "match"}
+
+
+def for_patient(bundle: dict, patient_id: str) -> dict:
+    """The bundle with every reference to the examples' patient moved to `patient_id`."""
+    text = json.dumps(bundle).replace(f"Patient/{PATIENT_ID}", f"Patient/{patient_id}")
+    return json.loads(text)
+
+
+def with_author(bundle: dict, *authors: dict) -> dict:
+    """The bundle whose document entry is written by `authors` (contained resources, the first of
+    each being the one `author` points at): e.g. a PractitionerRole and the Practitioner it names."""
+    bundle = copy.deepcopy(bundle)
+    document = entry_of(bundle, "DocumentReference")["resource"]
+    document["contained"] = [*authors]
+    document["author"] = [{"reference": f"#{authors[0]['id']}"}]
+    document["authenticator"] = {"reference": f"#{authors[0]['id']}"}
+    return bundle
+
+
+def practitioner(local_id: str, given: str, family: str, rpps: str) -> dict:
+    return {"resourceType": "Practitioner", "id": local_id,
+            "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "8" + rpps}],
+            "name": [{"use": "official", "family": family, "given": [given], "prefix": ["Dr"]}]}
+
+
+def practitioner_role(local_id: str, practitioner_id: str, rpps: str) -> dict:
+    return {"resourceType": "PractitionerRole", "id": local_id,
+            "practitioner": {"reference": f"#{practitioner_id}",
+                             "identifier": {"system": "https://rpps.esante.gouv.fr", "value": rpps}},
+            "code": [{"coding": [{"system": "https://mos.esante.gouv.fr/NOS/TRE_G15-ProfessionSante/FHIR/"
+                                            "TRE-G15-ProfessionSante", "code": "10", "display": "Médecin"}]}]}

@@ -9,10 +9,13 @@ import pytest
 
 from fhir_server.engine.errors import FhirError
 from fhir_server.engine.model import RequestContext
-from fhir_server.mhd.find import require_patient_and_status
+from fhir_server.mhd.entry_uuid import entry_uuid, entry_uuid_problems, with_entry_uuid
+from fhir_server.mhd.find import require_patient_and_status, rewrite_find
 from fhir_server.mhd.metadata import first_change_outside_metadata
 from fhir_server.mhd.provide import DOCUMENT_REFS, DOCUMENTS, FOLDERS, SUBMISSION_SET, _classify, is_provide_bundle
+from fhir_server.mhd.unique_ids import unique_ids
 
+MHD_LISTS = "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes"
 ARCHIVED = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-is-archived"
 DOCUMENT = {
     "resourceType": "DocumentReference", "id": "d1", "meta": {"versionId": "1"}, "status": "current",
@@ -115,3 +118,54 @@ def test_provide_bundle_detection():
     assert not is_provide_bundle({**by_content, "type": "batch"})
     assert not is_provide_bundle({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"request": {"method": "POST", "url": "List"}, "resource": {"resourceType": "List"}}]})
+
+
+# -- ITI-67 / ITI-66 rewrites ----------------------------------------------------------------------------
+@pytest.mark.parametrize(("resource_type", "params", "expected"), [
+    ("DocumentReference", [("patient", "Patient/p"), ("author.given", "Jean"), ("author.family:exact", "Dupont")],
+     [("patient", "Patient/p"), ("author-given", "Jean"), ("author-family:exact", "Dupont"), ("_total", "accurate")]),
+    ("DocumentReference", [("patient", "Patient/p"), ("_total", "none")],
+     [("patient", "Patient/p"), ("_total", "none")]),
+    ("List", [("patient", "Patient/p"), ("code", "submissionset")],
+     [("patient", "Patient/p"), ("code", "submissionset"), ("_total", "accurate")]),
+    ("List", [("patient", "Patient/p")], [("patient", "Patient/p")]),                 # not an MHD list search
+    ("Practitioner", [("given", "Jean")], [("given", "Jean")]),
+])
+def test_find_rewrite(resource_type, params, expected):
+    assert rewrite_find(resource_type, params) == expected
+
+
+# -- entryUUID and unique ids ------------------------------------------------------------------------------
+UUID = "urn:uuid:5c1d7c3e-8a51-4f0e-9d3b-6e2f1a7b9c01"
+
+
+def test_entry_uuid_is_assigned_kept_or_left_alone():
+    folder = {"resourceType": "List", "code": {"coding": [{"system": MHD_LISTS, "code": "folder"}]},
+              "identifier": [{"use": "usual", "system": "urn:ietf:rfc:3986", "value": "urn:oid:1.2.3"}]}
+    assigned = with_entry_uuid(folder)
+    assert assigned["identifier"][0] == folder["identifier"][0] and len(folder["identifier"]) == 1
+    assert assigned["identifier"][1]["use"] == "official" and assigned["identifier"][1]["value"].startswith("urn:uuid:")
+    assert entry_uuid(with_entry_uuid(folder, kept=UUID)) == UUID
+    assert with_entry_uuid(assigned) is assigned
+
+
+@pytest.mark.parametrize(("identifiers", "problems"), [
+    ([{"use": "official", "system": "urn:ietf:rfc:3986", "value": UUID}], 0),
+    ([{"use": "official", "value": "urn:oid:1.2.250.1"}], 1),
+    ([{"type": {"coding": [{"code": "entryUUID"}]}, "system": "urn:oid:1.2", "value": UUID}], 1),
+    ([{"use": "official", "value": UUID}, {"use": "official", "value": UUID}], 1),
+    ([{"use": "usual", "value": "urn:oid:1.2.250.1"}], 0),
+])
+def test_entry_uuid_problems(identifiers, problems):
+    document = {"resourceType": "DocumentReference", "identifier": identifiers}
+    assert len(entry_uuid_problems(document, "DocumentReference")) == problems
+
+
+def test_unique_ids_of_entries():
+    document = {"resourceType": "DocumentReference", "masterIdentifier": {"system": "urn:ietf:rfc:3986",
+                                                                           "value": "urn:oid:1.2.3"},
+                "identifier": [{"use": "usual", "value": "x"}, {"use": "official", "value": UUID}]}
+    assert unique_ids("DocumentReference", document) == {
+        "masterIdentifier|urn:ietf:rfc:3986|urn:oid:1.2.3": "DocumentReference.masterIdentifier",
+        f"entryUUID|{UUID}": "DocumentReference.identifier[1]"}
+    assert unique_ids("List", {"resourceType": "List", "identifier": [{"use": "official", "value": UUID}]}) == {}

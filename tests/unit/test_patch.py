@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fhir_server.engine.errors import FhirError
-from fhir_server.engine.patch import apply_fhirpath_patch, apply_json_patch
+from fhir_server.engine.patch import apply_fhirpath_patch, apply_json_patch, apply_xml_patch
 from fhir_server.formats.json import dump_json, parse_json
 
 BIRTH_TIME = "http://hl7.org/fhir/StructureDefinition/patient-birthTime"
@@ -465,3 +465,82 @@ def test_fhirpath_patch_errors(patch, status, expression, diagnostics):
     assert expressions(error) == expression
     assert diagnostics in error.issues[0].diagnostics
     assert RESOURCES["patient"] == original
+
+
+# =================================================================================================
+# XML Patch (RFC 5261)
+# =================================================================================================
+
+def xml_patch(*operations: str, declarations: str = 'xmlns:f="http://hl7.org/fhir"') -> bytes:
+    return f'<?xml version="1.0" encoding="UTF-8"?><diff {declarations}>{"".join(operations)}</diff>'.encode()
+
+
+def test_xml_patch_replaces_adds_and_removes():
+    patient = copy.deepcopy(RESOURCES["patient"])
+    patched = apply_xml_patch(patient, xml_patch(
+        '<replace sel="f:Patient/f:name[1]/f:family/@value">Lefèvre</replace>',
+        '<add sel="f:Patient"><active xmlns="http://hl7.org/fhir" value="true"/></add>',
+        '<add sel="f:Patient/f:name[1]/f:given[2]" pos="after"><given xmlns="http://hl7.org/fhir" value="Marie"/>'
+        '</add>',
+        '<remove sel="f:Patient/f:telecom[f:system/@value=\'email\']"/>',
+        '<remove sel="/f:Patient/f:name[2]/f:use"/>',
+    ))
+    assert patched["name"][0] == {"use": "official", "family": "Lefèvre", "given": ["Jean", "Paul", "Marie"]}
+    assert patched["name"][1] == {"family": "Durand", "given": ["Jeanne"]}
+    assert patched["active"] is True
+    assert [t["system"] for t in patched["telecom"]] == ["phone"]
+    assert patched["_birthDate"] == patient["_birthDate"]               # untouched parts stay as they were
+    assert patient == RESOURCES["patient"]                              # the input is left alone
+
+
+def test_xml_patch_prepend_attribute_and_replace_element():
+    observation = RESOURCES["observation"]
+    patched = apply_xml_patch(observation, xml_patch(
+        '<add sel="f:Observation/f:code" pos="prepend"><text xmlns="http://hl7.org/fhir" value="Glucose"/></add>',
+        '<replace sel="f:Observation/f:status"><status xmlns="http://hl7.org/fhir" value="amended"/></replace>',
+        '<add sel="f:Observation/f:subject" type="@id">sujet</add>',
+    ))
+    assert patched["code"]["text"] == "Glucose" and patched["status"] == "amended"
+    assert patched["subject"] == {"id": "sujet", "reference": "Patient/p1"}
+    assert patched["valueQuantity"]["value"] == Decimal("1.50")         # decimals stay exact
+    assert dump_json(patched["valueQuantity"]).startswith(b'{"value":1.50')
+
+
+@pytest.mark.parametrize(("document", "reason"), [
+    (b"<diff><replace", "not well-formed"),
+    (b'<!DOCTYPE diff [<!ENTITY x "y">]><diff/>', "DOCTYPE"),
+    (xml_patch('<move sel="f:Patient"/>'), "is not an operation"),
+    (xml_patch('<remove/>'), "sel attribute"),
+    (xml_patch('<remove sel="f:Patient/["/>'), "not a valid XPath"),
+    (xml_patch('<remove sel="count(f:Patient/f:name)"/>'), "must select a node"),
+    (xml_patch('<add sel="f:Patient" pos="inside"><active xmlns="http://hl7.org/fhir" value="true"/></add>'), "pos"),
+    (xml_patch('<add sel="f:Patient"><active value="true"/></add>'), "not in the FHIR namespace"),
+    (xml_patch('<add sel="f:Patient">du texte</add>'), "no text outside attributes"),
+    (xml_patch('<replace sel="f:Patient/f:birthDate"><a xmlns="http://hl7.org/fhir"/><b xmlns="http://hl7.org/fhir"/>'
+               '</replace>'), "exactly one element"),
+    (xml_patch('<remove sel="re:test(\'a\', \'a\')"/>', declarations='xmlns:re="http://exslt.org/regular-expressions"'),
+     "not a valid XPath"),
+])
+def test_malformed_xml_patch_is_a_400(document, reason):
+    with pytest.raises(FhirError) as raised:
+        apply_xml_patch(RESOURCES["patient"], document)
+    assert raised.value.status == 400
+    assert reason in raised.value.issues[0].diagnostics
+
+
+@pytest.mark.parametrize(("operation", "reason", "expression"), [
+    ('<remove sel="f:Patient/f:gender"/>', "selects 0", "Patient"),
+    ('<remove sel="f:Patient/f:name"/>', "selects 2", "Patient"),
+    ('<remove sel="f:Patient"/>', "resource itself", "Patient"),
+    ('<add sel="f:Patient/f:name[1]/f:use" type="@value">usual</add>', "already has a value attribute",
+     "Patient.name[0].use"),
+    ('<add sel="f:Patient"><surnom xmlns="http://hl7.org/fhir" value="Jeannot"/></add>', "not valid FHIR XML",
+     "Patient.surnom"),
+    ('<remove sel="f:Patient/f:name[1]/f:use/@value"/>', "neither a value nor extensions", "Patient.name[0].use"),
+])
+def test_inapplicable_xml_patch_is_a_422(operation, reason, expression):
+    with pytest.raises(FhirError) as raised:
+        apply_xml_patch(RESOURCES["patient"], xml_patch(operation))
+    assert raised.value.status == 422
+    assert reason in raised.value.issues[0].diagnostics
+    assert raised.value.issues[0].expression[0].startswith(expression)
