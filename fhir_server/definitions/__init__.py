@@ -217,6 +217,20 @@ def package_resources(path: Path) -> Iterator[dict]:
                 yield data
 
 
+def without_overridden(packaged: list[dict], local: list[dict]) -> list[dict]:
+    """The package's resources that ours do not replace: same canonical url, or same id (they would
+    be stored over each other). Ours win: the server enforces, and serves, the rendition it ships."""
+    ours = {(r.get("resourceType"), key, r.get(key)) for r in local for key in ("url", "id") if r.get(key)}
+    kept = []
+    for resource in packaged:
+        kind = resource.get("resourceType")
+        if any((kind, key, resource.get(key)) in ours for key in ("url", "id") if resource.get(key)):
+            log.info("%s %s of an IG package is replaced by ours", kind, resource.get("url") or resource.get("id"))
+        else:
+            kept.append(resource)
+    return kept
+
+
 def local_resources(folders: Iterable[str] = LOCAL_FOLDERS) -> Iterator[dict]:
     """Our own conformance resources, as authored (differential StructureDefinitions)."""
     for folder in folders:
@@ -260,8 +274,8 @@ def fill_snapshots(defs: Definitions, resources: list[dict]) -> list[dict]:
 def load_definitions() -> Definitions:
     defs = Definitions()
     _load_core(defs)
-    packaged = [r for path in ig_package_paths() for r in package_resources(path)]
     local = list(local_resources())
+    packaged = without_overridden([r for path in ig_package_paths() for r in package_resources(path)], local)
     for resource in [*packaged, *local]:            # ours last: they win over a package's
         defs.add(resource)
     defs.packaged = fill_snapshots(defs, packaged)

@@ -10,7 +10,9 @@ not see), and registers:
 - a write rule: creates, updates and patches must meet the profiles they claim and the profiles
   required for their type (`FHIR_REQUIRED_PROFILES`), else 422 and nothing is stored;
 - `StructureDefinition/$snapshot`, `ValueSet/$expand`, `$validate-code`, `CodeSystem/$lookup`;
-- start-up hooks that compile the plans of our profiles and publish the conformance resources.
+- start-up hooks that compile the plans of our profiles and publish the conformance resources,
+  the server's CapabilityStatement included (named by `CAPABILITY_URL` and the software version, so
+  that `GET [base]/CapabilityStatement?url=...&version=...` finds it like any conformance resource).
 
 The validator and the terminology service are also left on the server (`server.profile_validator`,
 `server.terminology`, `server.resource_validation`) for the other business modules.
@@ -24,8 +26,9 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from fhir_server.definitions import Definitions
+from fhir_server.engine.errors import FhirError
 from fhir_server.engine.model import ID_PATTERN, RequestContext
-from fhir_server.ig.publish import ConformancePublisher
+from fhir_server.ig.publish import ConformancePublisher, publishing_enabled
 from fhir_server.storage import MongoStore
 from fhir_server.terminology import Terminology
 from fhir_server.terminology.operations import TerminologyOperations
@@ -40,6 +43,9 @@ from fhir_server.validation.profile import ProfileValidator, Resolver
 
 if TYPE_CHECKING:
     from fhir_server.server import FhirServer
+
+CAPABILITY_ID = "espace"
+CAPABILITY_URL = "https://espace.example.org/fhir/CapabilityStatement/espace"
 
 CallerRead = Callable[[str, str], dict | None]      # (type, id) -> the stored document the caller may read
 
@@ -67,8 +73,10 @@ def install(server: FhirServer) -> None:
         return server.interactions.read(resource_type, resource_id, ctx).body or {}
 
     TerminologyOperations(definitions, terminology, read).register(server.operations)
+    server.capability_amendments.append(identify_capability_statement)
     server.startup_hooks.append(lambda: _compile_our_profiles(profiles, definitions))
     server.startup_hooks.append(ConformancePublisher(server))
+    server.startup_hooks.append(lambda: publish_capability_statement(server))
 
 
 def store_resolver(store: MongoStore, definitions: Definitions, base_url: str | None = None) -> Resolver:
@@ -115,3 +123,31 @@ def _compile_our_profiles(profiles: ProfileValidator, definitions: Definitions) 
     each type does not pay for it."""
     profiles.prepare(r["url"] for r in [*definitions.local, *definitions.packaged]
                      if r.get("resourceType") == "StructureDefinition" and r.get("url"))
+
+
+def identify_capability_statement(statement: dict) -> dict:
+    """Name the generated CapabilityStatement: a canonical url, the software version as its version."""
+    version = (statement.get("software") or {}).get("version")
+    named = {"resourceType": "CapabilityStatement", "id": CAPABILITY_ID, "url": CAPABILITY_URL,
+             **({"version": version} if version else {}), "name": "EspaceServeurFHIR",
+             "title": "Espace - serveur FHIR R4 de l'espace de santé"}
+    return {**named, **{k: v for k, v in statement.items() if k not in named}}
+
+
+def publish_capability_statement(server: FhirServer) -> bool:
+    """Store the CapabilityStatement (when it changed), with the other conformance resources."""
+    if not publishing_enabled():
+        return False
+    base_url = server.settings.base_url or "http://localhost/fhir"
+    statement = server.capability_statement(base_url)
+    current = server.store.get("CapabilityStatement", CAPABILITY_ID)
+    if current is not None and {k: v for k, v in current["resource"].items() if k != "meta"} == statement:
+        return False
+    ctx = RequestContext(base_url=base_url, prefer_return="minimal")
+    try:
+        server.interactions.update("CapabilityStatement", CAPABILITY_ID, statement, ctx)
+    except FhirError as exc:
+        if exc.status not in (409, 412):
+            raise
+        return False                 # another instance starting at the same time stored it first
+    return True

@@ -28,6 +28,7 @@ from fhir_server.engine.errors import FhirError, Issue, bad_request, operation_o
 from fhir_server.engine.interactions import WriteEvent
 from fhir_server.engine.model import RequestContext, Result
 from fhir_server.engine.operations import Operation, OperationCall
+from fhir_server.search.filters import and_filters, or_filters
 from fhir_server.terminology import strip_version
 from fhir_server.validation.profile import ProfileValidator
 from fhir_server.validation.snapshot import SnapshotError, generate_snapshot
@@ -42,6 +43,8 @@ PDSM_DOCUMENT_REFERENCE = ("https://interop.esante.gouv.fr/ig/fhir/pdsm/Structur
 VSM_COMPOSITION = "https://espace.example.org/fhir/StructureDefinition/espace-vsm-composition"
 ESPACE_AUDIT_EVENT = "https://espace.example.org/fhir/StructureDefinition/espace-auditevent"
 MODES = ("create", "update", "delete", "profile")
+MAX_REFERRERS_SHOWN = 10
+NOT_REFERRERS = frozenset({"AuditEvent"})
 ERRORS = ("error", "fatal")
 
 
@@ -238,6 +241,9 @@ class ValidateOperation:
         return []
 
     def _delete_issues(self, call: OperationCall) -> list[Issue]:
+        """Would `DELETE [base]/Type/id` succeed? The caller's right to delete, the business rules
+        (immutable audit trail, ...), and the resources still referring to it (HAPI's referential
+        check; deletes are not refused here, so those are warnings). No body needed."""
         if not call.resource_id:
             raise bad_request("$validate with mode=delete is invoked on the instance: [base]/Type/id/$validate")
         current = self.server.interactions.read(call.resource_type, call.resource_id, call.ctx).body
@@ -248,7 +254,17 @@ class ValidateOperation:
                 self.server.policy.check_interaction(access, call.resource_type, "delete")
             except FhirError as exc:
                 issues += exc.issues
-        return issues + self._dry_run(call, "delete", current)
+        return issues + self._dry_run(call, "delete", current) + self._referrer_issues(call)
+
+    def _referrer_issues(self, call: OperationCall) -> list[Issue]:
+        target = f"{call.resource_type}/{call.resource_id}"
+        referrers = referring_resources(self.server, call.ctx, call.resource_type, call.resource_id)
+        if not referrers:
+            return []
+        shown = ", ".join(referrers[:MAX_REFERRERS_SHOWN]) + (", ..." if len(referrers) > MAX_REFERRERS_SHOWN else "")
+        count = f"{len(referrers)}+" if len(referrers) > MAX_REFERRERS_SHOWN else str(len(referrers))
+        return [Issue("warning", "business-rule", f"{target} is still referred to by {count} resource(s) "
+                      f"({shown}): the delete is allowed but leaves these references dangling")]
 
     def _dry_run(self, call: OperationCall, mode: str, resource: dict) -> list[Issue]:
         """The other write rules (business modules), run on an event that is never stored. Rules
@@ -269,6 +285,41 @@ class ValidateOperation:
                 issues.append(Issue("warning", "processing", f"A business rule could not be checked without "
                                     f"storing the resource: {exc}"))
         return issues
+
+
+def referring_resources(server: FhirServer, ctx: RequestContext, resource_type: str, resource_id: str) -> list[str]:
+    """`Type/id` of the resources the caller may read that refer to this one through a reference
+    search parameter (at most MAX_REFERRERS_SHOWN + 1). The audit trail is left out: it refers to
+    deleted resources by design."""
+    target = f"{resource_type}/{resource_id}"
+    registry = server.search_registry
+    found: list[str] = []
+    for source in registry.resource_types:
+        if source in NOT_REFERRERS or not _may_read(server, ctx, source):
+            continue
+        fields = sorted({p.field for p in registry.params_for(source).values()
+                         if p.type == "reference" and resource_type in p.targets})
+        if not fields:
+            continue
+        query = and_filters(or_filters([{f: target} for f in fields]),
+                            server.interactions.read_filter(ctx, source))
+        limit = MAX_REFERRERS_SHOWN + 1 - len(found)
+        found += [f"{source}/{d['_id']}" for d in server.store.find(source, query, limit=limit, projection={"_id": 1})
+                  if f"{source}/{d['_id']}" != target]
+        if len(found) > MAX_REFERRERS_SHOWN:
+            break
+    return found
+
+
+def _may_read(server: FhirServer, ctx: RequestContext, resource_type: str) -> bool:
+    """Scopes and roles allow the caller to read this type at all (so nothing else is revealed)."""
+    if ctx.access is None:
+        return True
+    try:
+        server.policy.check_interaction(ctx.access, resource_type, "read")
+    except FhirError:
+        return False
+    return True
 
 
 def _validate_request(call: OperationCall) -> ValidateRequest:

@@ -34,6 +34,7 @@ class TypeRef:
     code: str
     profiles: tuple[str, ...] = ()
     target_profiles: tuple[str, ...] = ()
+    aggregation: tuple[str, ...] = ()      # contained | referenced | bundled; empty: any
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ class PlanRegistry:
         path = element["path"]
         types = tuple(
             TypeRef(type_code(t), tuple(strip_version(p) for p in t.get("profile", [])),
-                    tuple(strip_version(p) for p in t.get("targetProfile", [])))
+                    tuple(strip_version(p) for p in t.get("targetProfile", [])), tuple(t.get("aggregation", [])))
             for t in element.get("type", [])
         )
         fixed = pattern = MISSING

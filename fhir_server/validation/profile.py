@@ -35,6 +35,8 @@ from fhir_server.validation.values import codes_in, equals_fixed, matches_patter
 
 Resolver = Callable[[str], dict | None]   # reference -> the resource in the store, or None
 
+AGGREGATION_WORDS = {"contained": "a contained resource", "bundled": "an entry of the same bundle",
+                     "referenced": "a resource outside the bundle"}
 _BACKBONE_TYPES = frozenset({"BackboneElement", "Element", ""})
 _ANY_RESOURCE = frozenset({"Resource", "DomainResource"})
 
@@ -187,6 +189,7 @@ class _Walk(EvaluationServices):
     # -- elements -------------------------------------------------------------------------------------
     def _children(self, container: ElementRule, plan: Plan, obj: dict, expression: str) -> None:
         groups: dict[ElementRule, list[_Occurrence]] = {}
+        names: dict[ElementRule, str] = {}       # the JSON name found (`valueCode` for `value[x]`)
         for key in obj:
             name = key[1:] if key.startswith("_") else key
             if name != key and name in obj:
@@ -196,8 +199,9 @@ class _Walk(EvaluationServices):
                 continue                   # unknown properties: the structure validator's job
             rule, choice_type = entry
             groups.setdefault(rule, []).extend(self._occurrences(obj, name, rule, choice_type, expression))
+            names.setdefault(rule, name)
         for rule, occurrences in groups.items():
-            self._group(rule, plan, occurrences, f"{expression}.{rule.name.removesuffix('[x]')}")
+            self._group(rule, plan, occurrences, f"{expression}.{names[rule]}")
         for rule in container.required_children:
             if rule not in groups:
                 self._group(rule, plan, [], f"{expression}.{rule.name.removesuffix('[x]')}")
@@ -377,9 +381,11 @@ class _Walk(EvaluationServices):
                          "when one fits)", occurrence.expression)
             return
         if binding.value_set not in self._unexpandable:
+            # codes of systems the server does not hold (LOINC, SNOMED CT...): accepted, with a warning
             self._unexpandable.add(binding.value_set)
-            self.add("information", "informational", f"Value set {binding.value_set} cannot be expanded by this "
-                     f"server; the codes of {rule.path} were not checked against it", occurrence.expression)
+            self.add("warning", "not-supported", f"Value set {binding.value_set} cannot be expanded by this "
+                     "server (not held here, or drawing on code systems it does not hold); the codes of "
+                     f"{rule.path} were accepted without being checked against it", occurrence.expression)
 
     def _value_set_name(self, url: str) -> str:
         value_set = self.v.definitions.value_sets.get(url)
@@ -389,6 +395,8 @@ class _Walk(EvaluationServices):
     # -- references -------------------------------------------------------------------------------------
     def _reference(self, rule: ElementRule, occurrence: _Occurrence) -> None:
         type_ref = rule.type_ref("Reference")
+        if type_ref and type_ref.aggregation:
+            self._aggregation(type_ref.aggregation, occurrence)
         allowed = self._target_types(type_ref.target_profiles if type_ref else ())
         if allowed is None:
             return
@@ -412,6 +420,25 @@ class _Walk(EvaluationServices):
         if target is not None and not any(self.conforms(target, actual, p, contained) for p in profiles):
             self.add("error", "structure", f"{occurrence.expression}: the referenced {actual} ({reference}) does not "
                      f"conform to {' or '.join(profiles)}", occurrence.expression)
+
+    def _aggregation(self, modes: tuple[str, ...], occurrence: _Occurrence) -> None:
+        """ElementDefinition.type.aggregation: the target must be contained, in the same bundle, or
+        elsewhere (e.g. PDSm: a document's author is a contained resource). A warning, not an error:
+        DMP feeds (and the ANS's own PDSm examples) point `sourcePatientInfo` at the Patient rather than
+        at a contained copy, and refusing them would refuse documents that are otherwise sound."""
+        reference = occurrence.value.get("reference") if isinstance(occurrence.value, dict) else None
+        if not isinstance(reference, str):
+            return                           # a logical reference: nothing to tell
+        if reference.startswith("#"):
+            mode = "contained"
+        elif any(s.bundle is not None and _in_bundle(s.bundle, reference) is not None for s in self._scopes):
+            mode = "bundled"
+        else:
+            mode = "referenced"
+        if mode not in modes:
+            wanted = " or ".join(AGGREGATION_WORDS[m] for m in modes if m in AGGREGATION_WORDS)
+            self.add("warning", "structure", f"{occurrence.expression}: the reference {reference} should point to "
+                     f"{wanted} (aggregation), not to {AGGREGATION_WORDS[mode]}", occurrence.expression)
 
     def _target_types(self, target_profiles: tuple[str, ...]) -> dict[str, list[str]] | None:
         """Allowed target type -> the profiles a target of that type must meet one of (none to meet

@@ -1,6 +1,6 @@
 """The conformance resources the server publishes at start: our profiles, extensions, value sets,
-code systems, search parameters and the ImplementationGuide are readable by id and searchable by
-url and version, and a restart leaves unchanged ones alone."""
+code systems, search parameters, the ImplementationGuide and the server's CapabilityStatement are
+readable by id and searchable by url and version, and a restart leaves unchanged ones alone."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from fhir_server.config import Settings
 from fhir_server.ig.publish import ConformancePublisher, published_resources
+from fhir_server.validation.module import CAPABILITY_URL, publish_capability_statement
 from tests.http.conftest import running_app
 
 FR_CORE = "https://hl7.fr/ig/fhir/core/StructureDefinition/"
@@ -92,3 +93,33 @@ def test_publication_can_be_turned_off(client: TestClient) -> None:
     assert client.get("/fhir/ValueSet/document-class").status_code == 404
     assert ConformancePublisher(server)() == 1
     assert client.get("/fhir/ValueSet/document-class").status_code == 200
+
+
+
+@pytest.mark.parametrize(("resource_type", "url", "expected"), [
+    ("ValueSet", ESPACE + "ValueSet/document-class", "document-class"),
+    ("CodeSystem", ESPACE + "CodeSystem/document-class", "document-class"),
+    ("ImplementationGuide", ESPACE + "ImplementationGuide/espace", "espace"),
+    ("CapabilityStatement", CAPABILITY_URL, "espace"),
+])
+def test_every_kind_of_conformance_resource_is_searchable_by_url_and_version(
+        client: TestClient, resource_type: str, url: str, expected: str) -> None:
+    stored = client.get(f"/fhir/{resource_type}/{expected}").json()
+    assert stored["url"] == url and stored.get("version")
+    assert ids(client.get(f"/fhir/{resource_type}", params={"url": url}).json()) == [expected]
+    by_version = client.get(f"/fhir/{resource_type}", params={"url": url, "version": stored["version"]}).json()
+    assert ids(by_version) == [expected]
+    other = client.get(f"/fhir/{resource_type}", params={"url": url, "version": "0.0.0-absente"}).json()
+    assert ids(other) == []
+
+
+def test_the_capability_statement_is_stored_and_searchable(client: TestClient) -> None:
+    metadata = client.get("/fhir/metadata").json()
+    assert metadata["url"] == CAPABILITY_URL and metadata["version"]
+    found = client.get("/fhir/CapabilityStatement", params={"url": CAPABILITY_URL,
+                                                             "version": metadata["version"]}).json()
+    assert ids(found) == ["espace"]
+    stored = found["entry"][0]["resource"]
+    assert [r["type"] for r in stored["rest"][0]["resource"]] == [r["type"] for r in metadata["rest"][0]["resource"]]
+    assert publish_capability_statement(client.app.state.fhir) is False           # unchanged: left alone
+    assert client.get("/fhir/CapabilityStatement/espace").json()["meta"]["versionId"] == "1"

@@ -155,16 +155,16 @@ def test_a_fed_audit_event_must_meet_the_espace_audit_profile(client: TestClient
     assert client.post("/fhir/AuditEvent", json=fed).status_code == 201
 
 
-def test_document_references_meet_pdsm_once_the_profile_is_known(client: TestClient) -> None:
+def test_document_references_must_meet_pdsm_comprehensive(client: TestClient) -> None:
+    assert PDSM_DOCUMENT_REFERENCE in load_definitions().structures        # the default requirement applies
     bare = {"resourceType": "DocumentReference", "status": "current",
             "subject": {"reference": "Patient/enforced-update"},
             "content": [{"attachment": {"contentType": "application/pdf", "url": "Binary/x"}}]}
     response = client.post("/fhir/DocumentReference", json=bare)
-    if PDSM_DOCUMENT_REFERENCE in load_definitions().structures:
-        assert response.status_code == 422
-        assert "DocumentReference.masterIdentifier" in issue_expressions(response.json())
-    else:
-        assert response.status_code == 201
+    assert response.status_code == 422
+    assert {"DocumentReference.masterIdentifier", "DocumentReference.securityLabel"} <= set(
+        issue_expressions(response.json()))
+    assert matches(client, "DocumentReference?status=current") == 0
 
 
 def test_configured_requirements_replace_the_defaults(configured: TestClient) -> None:

@@ -182,3 +182,41 @@ def test_references_are_checked_only_as_far_as_the_caller_may_read(client: TestC
     anonymous = client.post("/fhir/Immunization/$validate", json=immunization, headers={"Authorization": ""})
     assert anonymous.status_code == 200
     assert not any("Patient/autre" in i["diagnostics"] for i in anonymous.json()["issue"])
+
+
+def test_parameters_carry_resource_profile_and_mode_together(client: TestClient) -> None:
+    bare = {"resourceType": "Patient", "name": [{"family": "Durand", "given": ["Louis"]}]}
+    parameters = {"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": bare},
+        {"name": "profile", "valueUri": FR_CORE + "fr-core-patient-ins"},
+        {"name": "mode", "valueCode": "create"}]}
+    created = validate(client, "Patient", parameters)
+    assert {"Patient.birthDate", "Patient.identifier"} <= set(issue_expressions(created))
+    assert all(i["severity"] and i["code"] and i.get("expression") for i in errors(created))
+    parameters["parameter"][2]["valueCode"] = "update"           # the mode is read: an update needs the id
+    assert "Patient.id" in issue_expressions(validate(client, "Patient", parameters))
+
+
+def test_mode_delete_needs_no_body_and_names_the_resources_still_referring(client: TestClient) -> None:
+    patient = {"resourceType": "Patient", "id": "a-supprimer", "name": [{"family": "Moreau", "given": ["Jeanne"]}]}
+    assert client.put("/fhir/Patient/a-supprimer", json=patient).status_code == 201
+    alone = validate(client, "Patient/a-supprimer", mode="delete")
+    assert [i["diagnostics"] for i in alone["issue"]] == ["All OK"]     # its audit trail does not count
+    pressure = {"resourceType": "Observation", "id": "tension-jeanne", "status": "final",
+                "code": {"text": "Tension artérielle"}, "subject": {"reference": "Patient/a-supprimer"}}
+    assert client.put("/fhir/Observation/tension-jeanne", json=pressure).status_code == 201
+    outcome = validate(client, "Patient/a-supprimer", mode="delete")
+    assert errors(outcome) == []                                        # the delete would succeed...
+    warnings = [i for i in outcome["issue"] if i["severity"] == "warning"]
+    assert len(warnings) == 1 and "(Observation/tension-jeanne)" in warnings[0]["diagnostics"]   # ...dangling
+    assert client.get("/fhir/Patient/a-supprimer").status_code == 200
+
+
+def test_codes_of_systems_not_held_are_accepted_with_a_warning(client: TestClient) -> None:
+    immunization = example("immunization-dtcap.json")
+    immunization["site"] = {"coding": [{"system": "http://snomed.info/sct", "code": "368208006",
+                                        "display": "Left upper arm structure"}]}
+    outcome = validate(client, "Immunization", immunization)
+    assert errors(outcome) == []
+    assert any(i["severity"] == "warning" and i.get("expression") == ["Immunization.site"]
+               for i in outcome["issue"])

@@ -5,19 +5,24 @@ AuditEvent profiles."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import re
 import tarfile
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 
+import fhir_server.definitions as definitions_module
 from fhir_server.access.actor import Actor
 from fhir_server.access.scopes import Scopes
 from fhir_server.audit import AuditRecord, build_event
 from fhir_server.definitions import (
+    IG_PACKAGES_ENV,
     PROJECT_ROOT,
     Definitions,
     fill_snapshots,
@@ -25,6 +30,8 @@ from fhir_server.definitions import (
     load_definitions,
     package_resources,
 )
+from fhir_server.ig.publish import published_resources
+from fhir_server.loader import read_resource
 from fhir_server.terminology import Terminology
 from fhir_server.validation import ProfileValidator, StructureValidator
 from fhir_server.validation.operation import DEFAULT_REQUIREMENTS, ProfileRequirement, parse_requirements
@@ -69,6 +76,14 @@ def test_ids_and_urls_are_consistent_and_unique() -> None:
         if url.startswith("https://espace.example.org/fhir/") or url.startswith("https://hl7.fr/ig/fhir/core/"):
             assert url.endswith(f"/{kind}/{rid}"), url
         assert resource.get("description"), url
+
+
+def test_urn_uuids_of_our_resources_are_uuids() -> None:
+    text = json.dumps(OURS)
+    found = re.findall(r"urn:uuid:([^\"]+)", text)
+    assert found
+    for value in found:
+        uuid.UUID(value)            # raises on `urn:uuid:some-name`
 
 
 def test_every_canonical_our_profiles_use_is_known(definitions: Definitions) -> None:
@@ -166,6 +181,79 @@ def test_ig_packages_are_read_and_our_definitions_win(tmp_path: Path, definition
     assert defs.structures["http://pkg.example/SD/p"]["snapshot"]["element"]
     assert defs.structures[ours["url"]] is ours                                   # ours won
     assert packaged[1] is loaded[1] and "snapshot" not in packaged[1]             # the clash was left alone
+
+
+FR_CORE = "https://hl7.fr/ig/fhir/core/StructureDefinition/"
+PACKAGED = (FR_CORE + "fr-core-patient", FR_CORE + "fr-core-patient-ins")
+
+
+def _fr_core_package(path: Path, definitions: Definitions) -> Path:
+    """A tiny FR Core package in FHIR npm format, made of our two patient profiles as the ANS
+    publishes them: the patient profile with its snapshot, Patient-INS as authored (differential)."""
+    authored = {r["url"]: r for r in OUR_SDS}
+    patient = copy.deepcopy(definitions.structures[PACKAGED[0]])
+    assert patient.get("snapshot")
+    manifest = {"name": "hl7.fhir.fr.core", "version": "2.1.0", "fhirVersions": ["4.0.1"],
+                "dependencies": {"hl7.fhir.r4.core": "4.0.1"}}
+    files = {"package/package.json": manifest,
+             "package/StructureDefinition-fr-core-patient.json": patient,
+             "package/StructureDefinition-fr-core-patient-ins.json": copy.deepcopy(authored[PACKAGED[1]]),
+             "package/example/Patient-example.json": {"resourceType": "Patient", "id": "example"}}
+    with tarfile.open(path, "w:gz") as archive:
+        for name, content in files.items():
+            data = json.dumps(content).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _issues(definitions: Definitions, resource: dict) -> list[tuple]:
+    validator = ProfileValidator(definitions, Terminology(definitions))
+    return [(i.severity, i.code, i.expression, i.diagnostics) for i in validator.validate(copy.deepcopy(resource))]
+
+
+def _patient_variants() -> list[dict]:
+    """Our patient examples and their broken variants of the test table."""
+    from tests.unit.test_profiles_broken import CASES, EXAMPLES
+
+    variants = [read_resource(EXAMPLES / "patient-ins.json"), read_resource(EXAMPLES / "patient-fr-core-ipp.json")]
+    for case in CASES:
+        if case.example in ("patient-ins.json", "patient-fr-core-ipp.json"):
+            resource = read_resource(EXAMPLES / case.example)
+            case.mutation(resource)
+            variants.append(resource)
+    return variants
+
+
+def test_a_published_package_loaded_at_start_validates_the_same_as_our_copy(
+        tmp_path: Path, definitions: Definitions, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = _fr_core_package(tmp_path / "package.tgz", definitions)
+    monkeypatch.setenv(IG_PACKAGES_ENV, str(package))
+    ours_withheld = definitions_module.local_resources
+    monkeypatch.setattr(definitions_module, "local_resources", lambda: (
+        r for r in ours_withheld() if r.get("url") not in PACKAGED))
+    from_package = load_definitions.__wrapped__()           # what the server runs at start, uncached
+    assert [r["url"] for r in from_package.packaged] == list(PACKAGED)
+    for url in PACKAGED:
+        assert from_package.structures[url] in from_package.packaged                 # the package's copy is used
+        assert from_package.structures[url]["snapshot"]["element"]
+    variants = _patient_variants()
+    assert len(variants) > 10
+    for resource in variants:
+        assert _issues(from_package, resource) == _issues(definitions, resource)
+    served = {(r["resourceType"], r["id"]) for r in published_resources(from_package)}
+    assert ("StructureDefinition", "fr-core-patient-ins") in served
+
+
+def test_our_copy_wins_over_a_package_and_is_published_once(
+        tmp_path: Path, definitions: Definitions, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(IG_PACKAGES_ENV, str(_fr_core_package(tmp_path / "package.tgz", definitions)))
+    loaded = load_definitions.__wrapped__()
+    assert loaded.packaged == []                            # both replaced by ours: not loaded, not served twice
+    assert all(loaded.structures[url] in loaded.local for url in PACKAGED)
+    published = [(r["resourceType"], r["id"]) for r in published_resources(loaded)]
+    assert len(published) == len(set(published))
 
 
 def test_the_schema_accepts_fhir_version_4_0_1(definitions: Definitions) -> None:

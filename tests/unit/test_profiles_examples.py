@@ -1,6 +1,7 @@
 """Every example of ours (and every example anywhere that claims one of our profiles) validates
-without error against the profiles it claims and those a write would require; every profile we
-publish is illustrated by at least one example."""
+without error against the profiles it claims and those a write would require; every profile of
+profiles/ is illustrated by at least one example (the PDSm extensions and payloads no file of
+examples/mhd/ shows alone, by the valid variants derived from them in test_profiles_broken)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from fhir_server.definitions import PROJECT_ROOT, load_definitions
 from fhir_server.loader import example_files, read_resource
 from fhir_server.validation.cli import build_validation
 from fhir_server.validation.operation import ResourceValidation, errors_in
+from tests.unit.test_profiles_broken import VALID_VARIANTS, used_canonicals, validate, variant
 
 EXAMPLES = PROJECT_ROOT / "examples"
-OUR_PROFILE_FOLDERS = ("profiles/fr-core", "profiles/espace", "profiles/tde")
+OUR_PROFILE_FOLDERS = ("profiles/fr-core", "profiles/espace", "profiles/tde", "profiles/pdsm")
 
 
 def _ours() -> list[dict]:
@@ -54,37 +56,25 @@ def validation() -> ResourceValidation:
 @pytest.mark.parametrize("path", _our_examples(), ids=lambda p: str(p.relative_to(EXAMPLES)))
 def test_example_is_valid_against_its_profiles(validation: ResourceValidation, path: Path) -> None:
     resource = read_resource(path)
-    issues = validation.validate(resource, None, None, for_write=True)
+    issues = validate(validation, str(path.relative_to(EXAMPLES)), resource)
     assert errors_in(issues) == []
 
 
 def test_every_profile_and_extension_we_publish_has_an_example() -> None:
-    claimed = set().union(*(claimed_profiles(read_resource(p)) for p in example_files([EXAMPLES])))
-    used_extensions = set()
-    for path in example_files([EXAMPLES]):
-        used_extensions |= set(_extension_urls(read_resource(path)))
-    missing = []
-    for sd in _ours():
-        if sd.get("type") == "Extension":
-            if sd["url"] not in used_extensions:
-                missing.append(sd["url"])
-        elif sd.get("kind") == "resource" and sd["url"] not in claimed:
-            missing.append(sd["url"])
+    used = set().union(*(used_canonicals(read_resource(p)) for p in example_files([EXAMPLES])))
+    used |= {profile for example, mutation, profile in VALID_VARIANTS if profile in used_canonicals(
+        variant(example, mutation))}
+    structures = load_definitions().structures
+    # a datatype profile is shown by the examples of the profiles typing their elements with it
+    used |= {p for url in used if url in structures for e in structures[url].get("snapshot", {}).get("element", [])
+             for t in e.get("type", []) for p in t.get("profile", [])}
+    missing = [sd["url"] for sd in _ours() if sd["url"] not in used]
     assert missing == []
-
-
-def _extension_urls(node: object) -> list[str]:
-    if isinstance(node, dict):
-        found = [e["url"] for e in node.get("extension") or [] if isinstance(e, dict) and "url" in e]
-        return found + [u for v in node.values() for u in _extension_urls(v)]
-    if isinstance(node, list):
-        return [u for item in node for u in _extension_urls(item)]
-    return []
 
 
 def test_every_invariant_of_our_profiles_is_evaluated(validation: ResourceValidation) -> None:
     for path in _our_examples():
-        validation.validate(read_resource(path), None, None, for_write=True)
+        validate(validation, str(path.relative_to(EXAMPLES)), read_resource(path))
     ours = {c["expression"] for sd in _ours() for e in sd["differential"]["element"] for c in e.get("constraint", [])}
     assert ours
     assert {expression for expression in validation.profiles.invariants.notes if expression in ours} == set()

@@ -161,3 +161,41 @@ def test_lookup(terminology: Terminology, system: str, code: str, display: str |
 def test_expansions_are_cached(terminology: Terminology) -> None:
     first = terminology.expand(EX + "ValueSet/autonomous")
     assert terminology.expand(EX + "ValueSet/autonomous") is first
+
+
+# -- what our profiles bind: carried whole, or as a documented subset -------------------------------------
+NOS = "https://mos.esante.gouv.fr/NOS/"
+FR_CS = "https://hl7.fr/ig/fhir/core/CodeSystem/"
+CARRIED = [
+    ("ValueSet", NOS + "JDV_J06-XdsClassCode-CISIS/FHIR/JDV-J06-XdsClassCode-CISIS"),
+    ("ValueSet", NOS + "JDV_J07-XdsTypeCode-CISIS/FHIR/JDV-J07-XdsTypeCode-CISIS"),
+    ("ValueSet", NOS + "JDV_J08-XdsConfidentialityCode-CISIS/FHIR/JDV-J08-XdsConfidentialityCode-CISIS"),
+    ("ValueSet", NOS + "JDV_J10-XdsFormatCode-CISIS/FHIR/JDV-J10-XdsFormatCode-CISIS"),
+    ("ValueSet", NOS + "JDV_J02-XdsHealthcareFacilityTypeCode-CISIS/FHIR/JDV-J02-XdsHealthcareFacilityTypeCode-CISIS"),
+    ("ValueSet", NOS + "JDV_J04-XdsPracticeSettingCode-CISIS/FHIR/JDV-J04-XdsPracticeSettingCode-CISIS"),
+    ("CodeSystem", NOS + "TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"),
+    ("CodeSystem", NOS + "TRE_G15-ProfessionSante/FHIR/TRE-G15-ProfessionSante"),
+    ("CodeSystem", FR_CS + "fr-core-cs-v2-0203"),
+    ("CodeSystem", FR_CS + "fr-core-cs-v2-0445"),
+    ("CodeSystem", FR_CS + "fr-core-cs-method-collection"),
+    ("CodeSystem", FR_CS + "fr-core-cs-mode-validation-identity"),
+    ("CodeSystem", FR_CS + "fr-core-cs-v2-3307"),
+    ("ValueSet", "https://espace.example.org/fhir/ValueSet/espace-vaccine-atc"),
+    ("ValueSet", "https://smt.esante.gouv.fr/fhir/ValueSet/jdv-immunization-route-code-cisis"),
+    ("ValueSet", "https://smt.esante.gouv.fr/fhir/ValueSet/jdv-hl7-v3-ActSubstanceAdministrationImmunizationCode-cisis"),
+]
+
+
+@pytest.mark.parametrize(("kind", "url"), CARRIED, ids=[url.rsplit("/", 1)[-1] for _, url in CARRIED])
+def test_what_the_profiles_bind_is_carried_whole_or_as_a_documented_subset(kind: str, url: str) -> None:
+    definitions = load_definitions()
+    held = Terminology(definitions)
+    resource = (definitions.value_sets if kind == "ValueSet" else definitions.code_systems).get(url)
+    assert resource is not None, url
+    whole = held.expand(url) is not None if kind == "ValueSet" else resource.get("content") == "complete"
+    if not whole:      # a subset says so, and never refuses a code it does not list
+        assert any(word in resource["description"].lower() for word in ("subset", "fragment", "unclosed")), url
+        if kind == "ValueSet":
+            assert held.validate_code(url, None, "code-absent-du-sous-ensemble") is None
+        else:
+            assert resource["content"] == "fragment"

@@ -253,3 +253,77 @@ def test_primitive_value_with_an_extension_is_not_misread(validator: ProfileVali
     assert failed_invariants(validator, batch) == []
     batch["entry"] = [{"fullUrl": "urn:uuid:1", "resource": patient()}]    # an entry without request:
     assert failed_invariants(validator, batch) == [("error", "bdl-3", "Bundle")]   # still judged
+
+
+# -- %resource, %rootResource and resolve() ---------------------------------------------------------------
+EX = "https://espace.example/fhir/StructureDefinition/"
+NIR = "urn:oid:1.2.250.1.213.1.4.8"
+
+
+def constrained(name: str, type_: str, path: str, key: str, expression: str) -> dict:
+    """A profile adding one invariant at `path`."""
+    return {"resourceType": "StructureDefinition", "url": EX + name, "name": name, "status": "active",
+            "kind": "resource", "abstract": False, "type": type_, "derivation": "constraint",
+            "baseDefinition": f"http://hl7.org/fhir/StructureDefinition/{type_}",
+            "differential": {"element": [{"id": path, "path": path, "constraint": [
+                {"key": key, "severity": "error", "human": key, "expression": expression}]}]}}
+
+
+CONTACT_PHONE = constrained("contact-distinct", "Patient", "Patient.contact", "esp-contact-1",
+                            "telecom.value.intersect(%resource.telecom.value).empty()")
+PATIENT_WITH_GENDER = constrained("resultat-sexe", "Observation", "Observation", "esp-obs-1",
+                                  "subject.resolve().gender.exists()")
+STORED = {"Patient/avec-sexe": {"resourceType": "Patient", "id": "avec-sexe", "gender": "female"},
+          "Patient/sans-sexe": {"resourceType": "Patient", "id": "sans-sexe"}}
+
+
+@pytest.fixture(scope="module")
+def resolving_validator() -> ProfileValidator:
+    core = load_definitions()
+    definitions = Definitions(structures=dict(core.structures), value_sets=core.value_sets,
+                              code_systems=core.code_systems)
+    for sd in (CONTACT_PHONE, PATIENT_WITH_GENDER):
+        definitions.add(copy.deepcopy(sd))
+    return ProfileValidator(definitions, Terminology(definitions), lambda ref: copy.deepcopy(STORED.get(ref)))
+
+
+def test_percent_resource_is_the_resource_from_a_nested_element(resolving_validator: ProfileValidator) -> None:
+    mother = {"name": {"family": "Lefèvre"}, "telecom": [{"system": "phone", "value": "+33 6 98 76 54 32"}]}
+    daughter = patient(meta={"profile": [EX + "contact-distinct"]}, contact=[mother],
+                       telecom=[{"system": "phone", "value": "+33 6 12 34 56 78"}])
+    assert failed_invariants(resolving_validator, daughter) == []
+    daughter["telecom"][0]["value"] = "+33 6 98 76 54 32"        # the patient's own number given as the contact's
+    assert failed_invariants(resolving_validator, daughter) == [("error", "esp-contact-1", "Patient.contact[0]")]
+
+
+def test_percent_root_resource_lets_contained_resources_refer_to_each_other(validator: ProfileValidator) -> None:
+    role = {"resourceType": "PractitionerRole", "id": "role", "text": TEXT,
+            "practitioner": {"reference": "#dr"}, "organization": {"reference": "#org"}}
+    doctor = {"resourceType": "Practitioner", "id": "dr", "text": TEXT, "name": [{"family": "Bertrand"}]}
+    holder = patient(contained=[role, doctor, dict(ORGANISATION, text=TEXT)],
+                     generalPractitioner=[{"reference": "#role"}])
+    assert failed_invariants(validator, copy.deepcopy(holder)) == []    # ref-1 reads %rootResource.contained
+    role["organization"] = {"reference": "#absent"}
+    holder["contained"][0] = role
+    assert ("error", "ref-1", "Patient.contained[0].organization") in failed_invariants(validator, holder)
+
+
+@pytest.mark.parametrize(("subject", "expected"), [
+    ("Patient/avec-sexe", []),
+    ("Patient/sans-sexe", [("error", "esp-obs-1", "Observation")]),
+    ("Patient/inconnu", []),                       # cannot be resolved: unknown, not a failure
+], ids=["stored-conforming", "stored-failing", "unresolvable"])
+def test_resolve_reads_the_store(resolving_validator: ProfileValidator, subject: str, expected: list) -> None:
+    result = observation(meta={"profile": [EX + "resultat-sexe"]}, subject={"reference": subject})
+    assert failed_invariants(resolving_validator, result) == expected
+
+
+def test_resolve_reads_the_bundle_entries(resolving_validator: ProfileValidator) -> None:
+    entry = {"fullUrl": "urn:uuid:5d3c2b1a-0f9e-4d8c-b7a6-112233445566",
+             "resource": patient(identifier=[{"system": NIR, "value": "284037512345642"}], gender="female")}
+    result = observation(meta={"profile": [EX + "resultat-sexe"]}, subject={"reference": entry["fullUrl"]})
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [entry, {"fullUrl": "urn:uuid:5d3c2b1a-0f9e-4d8c-b7a6-112233445567", "resource": result}]}
+    assert failed_invariants(resolving_validator, copy.deepcopy(bundle)) == []
+    del bundle["entry"][0]["resource"]["gender"]
+    assert failed_invariants(resolving_validator, bundle) == [("error", "esp-obs-1", "Bundle.entry[1].resource")]

@@ -371,7 +371,7 @@ BLOOD_PRESSURE_CASES = [
     ("code pattern", lambda o: o["code"]["coding"][0].update(code="29463-7"),
      [("error", "value", "Observation.code")]),
     ("value not allowed", lambda o: o.update(valueString="120/80"),
-     [("error", "structure", "Observation.value")]),
+     [("error", "structure", "Observation.valueString")]),
     ("component missing", lambda o: o["component"].pop(1),
      [("error", "required", "Observation.component"), ("error", "required", "Observation.component")]),
     ("components out of order", lambda o: o["component"].reverse(),

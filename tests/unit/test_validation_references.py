@@ -1,6 +1,7 @@
 """Reference targets checked the way HAPI does: a reference conforms when its target meets any one of the
 target profiles, and a core type listed among them (`Reference(Patient | FRCorePatient)`) is met by any
-resource of that type; a specific profile alone must be met by the resolved target."""
+resource of that type; a specific profile alone must be met by the resolved target. Aggregation modes
+(contained / bundled / referenced, as PDSm sets on a document's author) are reported as warnings."""
 
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ RESULTAT = profile("resultat", "Observation", [
     reference_to("Observation.performer", CORE + "Patient", EX + "organisation-fr"),
 ])
 
+AGGREGATED = profile("resultat-agrege", "Observation", [
+    {"id": "Observation.performer", "path": "Observation.performer", "type": [
+        {"code": "Reference", "targetProfile": [CORE + "Practitioner"], "aggregation": ["contained"]}]},
+    {"id": "Observation.hasMember", "path": "Observation.hasMember", "type": [
+        {"code": "Reference", "targetProfile": [CORE + "Observation"], "aggregation": ["bundled"]}]},
+])
+
 STORE = {
     "Patient/sans-genre": {"resourceType": "Patient", "id": "sans-genre", "text": NARRATIVE},
     "Patient/avec-genre": {"resourceType": "Patient", "id": "avec-genre", "text": NARRATIVE, "gender": "male"},
@@ -56,7 +64,7 @@ def validator() -> ProfileValidator:
     core = load_definitions()
     definitions = Definitions(structures=dict(core.structures), value_sets=dict(core.value_sets),
                               code_systems=dict(core.code_systems))
-    for sd in (PATIENT_FR, ORGANISATION_FR, RESULTAT):
+    for sd in (PATIENT_FR, ORGANISATION_FR, RESULTAT, AGGREGATED):
         definitions.add(copy.deepcopy(sd))
     return ProfileValidator(definitions, Terminology(definitions), lambda ref: copy.deepcopy(STORE.get(ref)))
 
@@ -100,3 +108,39 @@ def test_a_contained_target_is_still_held_to_the_profiles_it_claims(validator: P
         ("Observation.contained[0].gender", "Patient.gender (profile patient-fr): at least 1 required, 0 found")]
     unclaimed = a_result(contained=[{"resourceType": "Patient", "id": "p"}], subject={"reference": "#p"})
     assert errors(validator, unclaimed) == []
+
+
+# -- aggregation: where the target must be ---------------------------------------------------------------
+DOCTOR = {"resourceType": "Practitioner", "id": "dr", "name": [{"family": "Bertrand", "given": ["Hélène"]}]}
+
+
+def aggregation_warnings(validator: ProfileValidator, resource: dict) -> list[tuple[str, str]]:
+    return [(i.expression[0], i.diagnostics) for i in validator.validate(resource)
+            if i.severity == "warning" and "aggregation" in i.diagnostics]
+
+
+def an_aggregated_result(**elements: object) -> dict:
+    return a_result(meta={"profile": [EX + "resultat-agrege"]}, **elements)
+
+
+def test_a_contained_aggregation_is_met_by_a_contained_target_only(validator: ProfileValidator) -> None:
+    contained = an_aggregated_result(contained=[DOCTOR], performer=[{"reference": "#dr"}])
+    assert aggregation_warnings(validator, contained) == []
+    elsewhere = an_aggregated_result(performer=[{"reference": "Practitioner/dr"}])
+    assert aggregation_warnings(validator, elsewhere) == [(
+        "Observation.performer[0]", "Observation.performer[0]: the reference Practitioner/dr should point to a "
+        "contained resource (aggregation), not to a resource outside the bundle")]
+    assert [i for i in validator.validate(elsewhere) if i.severity == "error"] == []
+    logical = an_aggregated_result(performer=[{"identifier": {"system": "https://rpps.esante.gouv.fr",
+                                                              "value": "10003456789"}}])
+    assert aggregation_warnings(validator, logical) == []
+
+
+def test_a_bundled_aggregation_is_met_by_an_entry_of_the_same_bundle(validator: ProfileValidator) -> None:
+    member = {"fullUrl": "urn:uuid:0b4f6a2e-7c1d-4d3e-9a8b-5c6d7e8f9a01", "resource": a_result()}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        member, {"fullUrl": "urn:uuid:0b4f6a2e-7c1d-4d3e-9a8b-5c6d7e8f9a02",
+                 "resource": an_aggregated_result(hasMember=[{"reference": member["fullUrl"]}])}]}
+    assert aggregation_warnings(validator, bundle) == []
+    bundle["entry"][1]["resource"]["hasMember"] = [{"reference": "Observation/ailleurs"}]
+    assert [e for e, _ in aggregation_warnings(validator, bundle)] == ["Bundle.entry[1].resource.hasMember[0]"]
