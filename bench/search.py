@@ -112,19 +112,22 @@ def queries(rng: random.Random, patients: int, practitioners: int) -> dict[str, 
     return {
         "DocRef?patient&status&_sort=-date": lambda: ("DocumentReference", {"patient": patient(), "status": "current",
                                                                               "_sort": "-date"}),
-        "DocRef?patient&type": lambda: ("DocumentReference", {"patient": patient(),
-                                                              "type": "http://loinc.org|11488-4"}),
+        "DocRef?patient&status&type": lambda: ("DocumentReference", {"patient": patient(), "status": "current",
+                                                                     "type": "http://loinc.org|11488-4"}),
         "Immunization?patient": lambda: ("Immunization", {"patient": patient()}),
         "Appointment?actor&date range": lambda: ("Appointment", {
             "actor": f"Practitioner/ps-{rng.randrange(practitioners)}", "date": ["ge2026-11-27", "lt2026-12-04"]}),
         "Patient?identifier=INS": lambda: ("Patient", {"identifier": ins()}),
-        "DocRef?patient.identifier (chain)": lambda: ("DocumentReference", {"patient.identifier": ins()}),
+        "DocRef?patient.identifier (chain)": lambda: ("DocumentReference", {"patient.identifier": ins(),
+                                                                             "status": "current"}),
         "DocRef?patient&_include=author": lambda: ("DocumentReference", {
-            "patient": patient(), "_include": "DocumentReference:author"}),
+            "patient": patient(), "status": "current", "_include": "DocumentReference:author"}),
         "Patient?_id&_revinclude=Immunization": lambda: ("Patient", {
             "_id": patient(), "_revinclude": "Immunization:patient"}),
         "Patient?family (prefix, accents)": lambda: ("Patient", {"family": rng.choice(["lefev", "Moreau", "gir"]),
                                                                  "_count": "10"}),
+        "Patient?name (prefix, accents)": lambda: ("Patient", {"name": rng.choice(["hél", "Zoé", "jer"]),
+                                                               "_count": "10"}),
         "Appointment?patient&status": lambda: ("Appointment", {"patient": patient(), "status": "booked"}),
     }
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from fhir_server import FHIR_VERSION
 from fhir_server.definitions import Definitions
 from fhir_server.engine.operations import OperationRegistry
+from fhir_server.search.query import RESULT_PARAMETERS_CAPABILITY
 
 if TYPE_CHECKING:
     from fhir_server.search.registry import SearchParam
@@ -37,13 +38,15 @@ def capability_statement(definitions: Definitions, search_params: dict[str, dict
         "implementation": {"description": "Espace - espace de santé FHIR R4", "url": base_url},
         "fhirVersion": FHIR_VERSION,
         "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
-        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
+        "patchFormat": ["application/json-patch+json", "application/xml-patch+xml", "application/fhir+json",
+                        "application/fhir+xml"],
         "rest": [{
             "mode": "server",
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "search-system"},
                             {"code": "history-system"}],
-            "searchParam": [_search_param(p) for code, p in sorted(search_params.get("Resource", {}).items())],
+            "searchParam": [_search_param(p) for code, p in sorted(search_params.get("Resource", {}).items())]
+            + [dict(p) for p in RESULT_PARAMETERS_CAPABILITY],
             "operation": [{"name": op.name, "definition": op.definition} for op in operations.system_level()],
         }],
     }

@@ -76,6 +76,13 @@ def entry(base_url: str, resource_type: str, resource: dict, mode: str) -> dict:
             "search": {"mode": mode}}
 
 
+def contained_entry(base_url: str, container_type: str, container_id: str, resource: dict, mode: str) -> dict:
+    """A contained resource as a result of its own (`_containedType=contained`): its fullUrl is its
+    container's URL and its id as a fragment, the way it is referenced inside the container."""
+    return {"fullUrl": f"{base_url.rstrip('/')}/{container_type}/{container_id}#{resource.get('id')}",
+            "resource": resource, "search": {"mode": mode}}
+
+
 def outcome_entry(issues: list[Issue]) -> dict:
     return {"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": operation_outcome(issues),
             "search": {"mode": "outcome"}}

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 
 from fhir_server.search.filters import NOTHING, and_filters, or_filters
+from fhir_server.search.index import PREFIX_MAX_LENGTH
 from fhir_server.search.normalize import (
     UCUM,
     canonical_quantity,
@@ -31,7 +32,7 @@ PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 # Modifiers each type accepts (`missing` is accepted everywhere, `[type]` on references).
 MODIFIERS: dict[str, frozenset[str]] = {
     "string": frozenset({"exact", "contains"}),
-    "token": frozenset({"not", "text", "of-type", "in", "not-in"}),
+    "token": frozenset({"not", "text", "of-type", "in", "not-in", "above", "below"}),
     "reference": frozenset({"identifier"}),
     "date": frozenset(),
     "number": frozenset(),
@@ -60,9 +61,13 @@ class Target:
     primitive_tokens: bool = False
     point: bool = False                  # a stored instant (`_lastUpdated`), not a {lo, hi} range
     aux_prefix: str | None = None        # `_index.code` prefix of the `:text`, `:exact`... fields
+    prefix_field: str | None = None      # strings: the field holding every prefix of the values
+    binding: str | None = None           # tokens: the ValueSet bound to the element, if only one
 
 
 ValueSetExpander = Callable[[str], list[str]]
+# (system or None, code, "above" | "below", bound ValueSet) -> subsumed token entries `system|code`
+Subsumer = Callable[[str | None, str, str, str | None], list[str]]
 
 
 @dataclass
@@ -71,6 +76,7 @@ class CriteriaBuilder:
     base_url: str = ""
     expand_value_set: ValueSetExpander | None = None
     now: datetime | None = None
+    subsume: Subsumer | None = None
 
     # -- entry point -------------------------------------------------------------------------
     def build(self, target: Target, modifier: str | None, raw: str, targets: tuple[str, ...] = ()) -> dict:
@@ -131,8 +137,11 @@ class CriteriaBuilder:
             return or_filters([{target.field: {"$regex": re.escape(v)}} for v in folded])
         if modifier:
             raise UnsupportedModifier(f"modifier :{modifier} is not supported on string parameters")
-        return or_filters([_within(target, prefix_range(v)) if v else {target.field: {"$exists": True}}
-                           for v in folded])
+        if any(not v for v in folded):                # a value of only spaces: any value at all
+            return {target.field: {"$exists": True}}
+        if target.prefix_field:
+            return _prefix_lookup(target, target.prefix_field, folded)
+        return or_filters([_within(target, prefix_range(v)) for v in folded])
 
     # -- token -------------------------------------------------------------------------------
     def token_entry(self, target: Target, value: str) -> tuple[str, bool]:
@@ -159,6 +168,8 @@ class CriteriaBuilder:
                 if len(split_escaped(value, "|")) != 3:
                     raise MalformedValue(":of-type takes system|code|value")
             return _any_of(aux + ":of-type", values)
+        if modifier in ("above", "below"):
+            return _any_of(target.field, self._subsumed(target, modifier, values))
         if modifier in ("in", "not-in"):
             codes = self._expand(values)
             if target.primitive_tokens:      # plain codes are stored without their system
@@ -188,6 +199,18 @@ class CriteriaBuilder:
         if modifier:
             raise UnsupportedModifier(f"modifier :{modifier} is not supported on _id")
         return _any_of("_id", ids)
+
+    def _subsumed(self, target: Target, direction: str, values: list[str]) -> list[str]:
+        """The stored entries of every code in the hierarchy below (or above) the values."""
+        if self.subsume is None:
+            raise UnsupportedModifier(f":{direction} needs a terminology service")
+        entries: list[str] = []
+        for value in values:
+            system, code = _system_and_code(value)
+            entries.extend(self.subsume(system, code, direction, target.binding))
+        if target.primitive_tokens:      # plain codes are stored without their system
+            entries = sorted({e.partition("|")[2] for e in entries})
+        return entries
 
     def _expand(self, urls: list[str]) -> list[str]:
         if self.expand_value_set is None:
@@ -285,7 +308,14 @@ class CriteriaBuilder:
 
     # -- uri ---------------------------------------------------------------------------------
     def uri(self, target: Target, modifier: str | None, values: list[str]) -> dict:
+        """`:below`: the stored URL starts with the value; `:above`: the stored URL is the value or one
+        of its ancestors by path segment (with or without the trailing `/`). Both only apply to
+        URLs, not to URNs such as OIDs (R4 search, uri)."""
         values = [unescape(v) for v in values]
+        if modifier in ("above", "below"):
+            for value in values:
+                if "://" not in value:
+                    raise MalformedValue(f":{modifier} applies to URLs, not to {value!r}")
         if modifier == "below":
             return or_filters([_within(target, prefix_range(v)) for v in values])
         if modifier == "above":
@@ -347,6 +377,28 @@ def _within(target: Target, bounds: dict) -> dict:
     return {target.field: bounds}
 
 
+def _prefix_lookup(target: Target, prefix_field: str, folded: list[str]) -> dict:
+    """Prefix match through the field holding every prefix of the values: an equality (or `$in`)
+    on one field, served by its index on any MongoDB and exact on lists. A value longer than the
+    stored prefixes adds the exact range on one element of the values."""
+    short = [v for v in folded if len(v) <= PREFIX_MAX_LENGTH]
+    alternatives = [_any_of(prefix_field, short)] if short else []
+    alternatives += [and_filters({prefix_field: v[:PREFIX_MAX_LENGTH]}, _within(target, prefix_range(v)))
+                     for v in folded if len(v) > PREFIX_MAX_LENGTH]
+    return or_filters(alternatives)
+
+
+def _system_and_code(value: str) -> tuple[str | None, str]:
+    """`system|code` or `code` of a `:below` / `:above` value (a concept, not a system alone)."""
+    if "|" not in value.replace("\\|", ""):
+        system, code = None, unescape(value)
+    else:
+        system, code = (unescape(part) for part in split_escaped(value, "|", 1))
+    if not code:
+        raise MalformedValue("a code is needed (system|code)")
+    return system or None, code
+
+
 def _any_of(field: str, values: list) -> dict:
     if not values:
         return dict(NOTHING)
@@ -355,10 +407,12 @@ def _any_of(field: str, values: list) -> dict:
 
 def _uri_ancestors(uri: str) -> list[str]:
     head, _, rest = uri.partition("://")
-    if not rest:
-        return [uri]
-    segments = rest.split("/")
-    return [f"{head}://" + "/".join(segments[:n]) for n in range(1, len(segments) + 1)]
+    segments = rest.rstrip("/").split("/")
+    ancestors: list[str] = []
+    for n in range(1, len(segments) + 1):
+        path = f"{head}://" + "/".join(segments[:n])
+        ancestors += [path, path + "/"]
+    return ancestors if uri in ancestors else [*ancestors, uri]
 
 
 def _numeric_condition(prefix: str, value: Decimal, scale_of: Decimal | None = None) -> dict:

@@ -123,3 +123,27 @@ def satisfies(value: Any, operators: dict) -> bool:
     except TypeError:
         return False
     return True
+
+
+def field_names(query: dict) -> set[str]:
+    """The document fields a filter tests, through `$and` / `$or` / `$nor`."""
+    names: set[str] = set()
+    for key, condition in query.items():
+        if key in ("$and", "$or", "$nor"):
+            for branch in condition:
+                names |= field_names(branch)
+        elif not key.startswith("$"):
+            names.add(key)
+    return names
+
+
+def relative_to(query: dict, prefix: str) -> dict:
+    """The filter with `prefix` taken off its field names (through `$and` / `$or` / `$nor`), to test
+    the fields of an array element in `$elemMatch` rather than those of the document."""
+    out: dict[str, Any] = {}
+    for key, condition in query.items():
+        if key in ("$and", "$or", "$nor"):
+            out[key] = [relative_to(branch, prefix) for branch in condition]
+        else:
+            out[key[len(prefix):] if key.startswith(prefix) else key] = condition
+    return out

@@ -3,6 +3,8 @@
 Layout of `_index` (one key per search parameter code; see `docs` in SearchParam.field):
 
     string     code: folded values ("dupont")         code:exact: values as written ("Dupont")
+               code:prefix: every prefix of the folded values ("d", "du", ... "dupont"), for the
+               looked-up parameters (`family`, `name`...): a prefix search is then one equality
     token      code: "code", "system|code" or "|code" (system and code of one coding kept together)
                code:text: folded display/text         code:of-type: "typeSystem|typeCode|value"
     reference  code: "Type/id", absolute URL, or canonical (with and without `|version`)
@@ -13,6 +15,10 @@ Layout of `_index` (one key per search parameter code; see `docs` in SearchParam
     quantity   code: {"v": value, "s": system, "u": code or unit, "cv": canonical value, "cu": canonical unit}
     uri        code: the URI
     composite  code: [{"0": entries of component 0, "1": entries of component 1, ...}]
+
+Contained resources are indexed with their container, each per its own type's parameters:
+
+    _contained [{"_type": "Observation", "_id": "o1", <code>: entries as above...}, ...]
 
 A parameter that can only have one value for a resource (`multi` False) is stored as a scalar,
 every other as a list: real MongoDB refuses compound indexes over two array fields, and the
@@ -50,6 +56,12 @@ QUANTITY_TYPES = frozenset({"Quantity", "Age", "Duration", "Distance", "Count", 
 NUMBER_TYPES = frozenset({"decimal", "integer", "positiveInt", "unsignedInt"})
 
 Entries = dict[str, list]      # `_index` key -> entries for one parameter
+
+PREFIX_SUFFIX = ":prefix"
+# Prefixes are stored up to this length; a longer search value also checks the whole value.
+PREFIX_MAX_LENGTH = 24
+CONTAINED = "_contained"       # `_index` key of the contained resources' entries
+CONTAINED_TYPE = "_type"       # the resource type of one contained entry (its id is `_id`)
 
 
 def _add(out: Entries, key: str, value: Any) -> None:
@@ -102,6 +114,17 @@ def string_entries(code: str, values: list[Value]) -> Entries:
                 _add(out, code, folded)
                 _add(out, code + ":exact", text)
     return out
+
+
+def prefix_entries(folded: list[str]) -> list[str]:
+    """Every prefix of the folded values up to PREFIX_MAX_LENGTH, once each. Prefixes ending in a
+    space are left out: a search value is folded, and folding trims it."""
+    out: dict[str, None] = {}
+    for value in folded:
+        for end in range(1, min(len(value), PREFIX_MAX_LENGTH) + 1):
+            if value[end - 1] != " ":
+                out[value[:end]] = None
+    return list(out)
 
 
 # -- token --------------------------------------------------------------------------------------

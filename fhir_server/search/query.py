@@ -19,7 +19,15 @@ from fhir_server.search.criteria import (
     Target,
     UnsupportedModifier,
 )
-from fhir_server.search.filters import NOTHING, ExtraFilter, and_filters, extra_for
+from fhir_server.search.filters import (
+    NOTHING,
+    ExtraFilter,
+    and_filters,
+    extra_for,
+    field_names,
+    relative_to,
+)
+from fhir_server.search.index import CONTAINED_TYPE, PREFIX_SUFFIX
 from fhir_server.search.registry import SearchParam, SearchRegistry
 
 DEFAULT_COUNT = 20
@@ -34,6 +42,20 @@ RESULT_PARAMS = frozenset({"_sort", "_count", "_total", "_summary", "_elements",
 UNSUPPORTED_PARAMS = frozenset({"_text", "_content", "_filter", "_query", "_security-label"})
 SUMMARY_VALUES = frozenset({"true", "false", "text", "data", "count"})
 TOTAL_VALUES = frozenset({"none", "estimate", "accurate"})
+CONTAINED_VALUES = frozenset({"false", "true", "both"})
+CONTAINED_TYPE_VALUES = frozenset({"container", "contained"})
+# Fields of the container itself: a criterion on them selects containers, not contained resources.
+CONTAINER_FIELDS = frozenset({"_lastUpdated"})
+# Result parameters beyond the SearchParameters, as CapabilityStatement.rest.searchParam entries.
+RESULT_PARAMETERS_CAPABILITY: tuple[dict, ...] = (
+    {"name": "_contained", "type": "token",
+     "documentation": "false (default), true or both, on searches of one resource type: contained resources are "
+                      "searched with their own type's parameters and seen by whoever may see their container. "
+                      "_sort does not apply; results come by container, then contained id"},
+    {"name": "_containedType", "type": "token",
+     "documentation": "contained (default): each matching contained resource is an entry of its own, fullUrl "
+                      "[base]/[container type]/[id]#[contained id]; container: the containers are the entries"},
+)
 
 
 class Store(Protocol):
@@ -45,6 +67,10 @@ class Store(Protocol):
     def count(self, resource_type: str, query: dict, limit: int = 0) -> int: ...
 
     def update_many(self, resource_type: str, query: dict, update: dict) -> int: ...
+
+    def get_meta(self, key: str, session: Any = None) -> dict | None: ...
+
+    def put_meta(self, key: str, value: dict, session: Any = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -73,6 +99,8 @@ class SearchRequest:
     revincludes: list[IncludeSpec] = field(default_factory=list)
     types: list[str] | None = None
     cursor: str | None = None
+    contained: str = "false"                  # _contained: false | true | both
+    contained_type: str = "contained"         # _containedType: container | contained
     link_params: list[tuple[str, str]] = field(default_factory=list)   # for paging links
     warnings: list[Issue] = field(default_factory=list)
 
@@ -123,13 +151,13 @@ def _result_param(request: SearchRequest, name: str, base: str, value: str, stri
     elif base == "_cursor":
         request.cursor = value
     elif base == "_contained":
-        if value not in ("false", "true", "both"):
+        if value not in CONTAINED_VALUES:
             raise bad_request("_contained takes true, false or both", "_contained")
-        if value != "false":
-            unsupported("Searching contained resources (_contained) is not supported", name, strict,
-                        request.warnings)
+        request.contained = value
     elif base == "_containedType":
-        unsupported("_containedType is not supported", name, strict, request.warnings)
+        if value not in CONTAINED_TYPE_VALUES:
+            raise bad_request("_containedType takes container or contained", "_containedType")
+        request.contained_type = value
 
 
 def _parse_sort(value: str) -> list[tuple[str, bool]]:
@@ -169,7 +197,9 @@ def _parse_include(name: str, value: str) -> IncludeSpec:
 def target_of(param: SearchParam) -> Target:
     return Target(field=param.field, multi=param.multi, kind="token" if param.code == "_id" else param.type,
                   primitive_tokens=param.primitive_tokens, point=param.point,
-                  aux_prefix=f"_index.{param.code}")
+                  aux_prefix=f"_index.{param.code}",
+                  prefix_field=param.field + PREFIX_SUFFIX if param.prefix_indexed else None,
+                  binding=param.binding)
 
 
 @dataclass
@@ -184,6 +214,25 @@ class QueryCompiler:
     def compile(self, resource_type: str, criteria: list[tuple[str, str]]) -> dict:
         """One flat filter for all criteria (AND of parameters, OR of comma-separated values)."""
         return and_filters(*(self.criterion(resource_type, name, value) for name, value in criteria))
+
+    def compile_contained(self, resource_type: str, criteria: list[tuple[str, str]]) -> tuple[dict, dict]:
+        """The criteria for contained resources of `resource_type`: (the condition on one entry of
+        the container's `_index._contained`, the condition on the container itself)."""
+        entry: list[dict] = [{CONTAINED_TYPE: resource_type}]
+        container: list[dict] = []
+        for name, value in criteria:
+            if name.startswith("_has:") or name == "_list":
+                # they select resources by id, and a contained resource is known by no id of its own
+                unsupported(f"{name.split(':')[0]} does not apply to contained resources", name, self.strict,
+                            self.warnings)
+                continue
+            condition = self.criterion(resource_type, name, value)
+            fields = field_names(condition)
+            if fields and fields <= CONTAINER_FIELDS:
+                container.append(condition)
+            else:
+                entry.append(relative_to(condition, "_index."))
+        return and_filters(*entry), and_filters(*container)
 
     def criterion(self, resource_type: str, name: str, value: str) -> dict:
         try:

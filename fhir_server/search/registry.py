@@ -21,12 +21,16 @@ from typing import Any
 
 from fhir_server.definitions import Definitions
 from fhir_server.engine.errors import bad_request
-from fhir_server.search.fhirpath import CompiledExpression, Value, compile_expression
+from fhir_server.search.fhirpath import CompiledExpression, Value, compile_expression, split_union
 from fhir_server.search.index import (
+    CONTAINED,
+    CONTAINED_TYPE,
     DATE_TYPES,
+    PREFIX_SUFFIX,
     PRIMITIVE_TOKEN_TYPES,
     QUANTITY_TYPES,
     entries_for,
+    prefix_entries,
 )
 from fhir_server.search.normalize import DEFAULT_TIMEZONE
 
@@ -41,6 +45,7 @@ DOCUMENT_FIELDS = {"_id": "_id", "_lastUpdated": "_lastUpdated"}
 _NOT_DOMAIN_RESOURCES = frozenset({"Bundle", "Binary", "Parameters"})
 
 _CODE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+_ELEMENT_PATH = re.compile(r"^[A-Za-z]+(\.[A-Za-z]+)+$")
 
 # Compound indexes for the queries practice software sends all day (opening a patient file,
 # agenda views). Parameter codes; `_id` is appended so that keyset pages stay on the index.
@@ -104,6 +109,8 @@ class SearchParam:
     multi: bool = True
     targets: tuple[str, ...] = ()
     components: tuple[Component, ...] = ()
+    prefix_indexed: bool = False         # strings: every prefix stored and indexed (`code:prefix`)
+    binding: str | None = None           # tokens: the one ValueSet bound to the elements read
 
     @property
     def field(self) -> str:
@@ -262,12 +269,28 @@ class SearchRegistry:
             return param
         assert param.expression is not None
         param.multi = param.expression.multi or not _entries_per_value_is_one(kind, param.expression.types)
+        # A looked-up string parameter with several values per resource: a prefix range on a list
+        # is not one index range (see criteria._within), an equality on the stored prefixes is.
+        param.prefix_indexed = kind == "string" and param.multi and code in LOOKUPS.get(resource_type, ())
+        if kind == "token":
+            param.binding = self._binding(resource_type, definition["expression"])
         narrowed = param.expression.reference_targets
         if kind == "reference" and narrowed:
             # `clinical-patient` targets Patient and Group, but Immunization.patient is a
             # Reference(Patient): a bare id then means one reference, not a list
             param.targets = tuple(t for t in param.targets if t in narrowed) or param.targets
         return param
+
+    def _binding(self, resource_type: str, expression: str) -> str | None:
+        """The ValueSet bound to the elements a token expression reads (`Patient.gender`), when
+        they all have the same one: it tells the system of a code searched without one."""
+        sd = self.definitions.base_types.get(resource_type)
+        paths = {p.strip("()") for p in split_union(expression) if p.strip("()").startswith(resource_type + ".")}
+        if sd is None or not paths or not all(_ELEMENT_PATH.match(p) for p in paths):
+            return None
+        bound = {str(element["binding"]["valueSet"]).split("|", 1)[0] for element in sd["snapshot"]["element"]
+                 if element["path"] in paths and (element.get("binding") or {}).get("valueSet")}
+        return bound.pop() if len(bound) == 1 else None
 
     def _components(self, composite: SearchParam, definition: dict) -> Iterable[Component]:
         for component in definition.get("component") or ():
@@ -313,7 +336,15 @@ class SearchRegistry:
 
     # -- index ---------------------------------------------------------------------------------
     def extract_index(self, resource: dict) -> dict:
-        """The `_index` sub-document of a resource: normalised values of each search parameter."""
+        """The `_index` sub-document of a resource: normalised values of each search parameter,
+        and those of its contained resources (`_contained`, see index.py)."""
+        index = self._own_index(resource)
+        contained = self._contained_index(resource)
+        if contained:
+            index[CONTAINED] = contained
+        return index
+
+    def _own_index(self, resource: dict) -> dict[str, Any]:
         index: dict[str, Any] = {}
         for param in self.indexed_params(resource.get("resourceType", "")):
             values = param.expression.evaluate(resource) if param.expression else []
@@ -324,7 +355,20 @@ class SearchRegistry:
                     index[key] = entries[0]
                 else:
                     index[key] = entries
+            if param.prefix_indexed and param.code in index:
+                index[param.code + PREFIX_SUFFIX] = prefix_entries(index[param.code])
         return index
+
+    def _contained_index(self, resource: dict) -> list[dict[str, Any]]:
+        """One entry per contained resource that can be addressed (`Container/id#cid`): its type,
+        its id and its values, evaluated with itself as the root."""
+        entries = []
+        for contained in resource.get("contained") or ():
+            if isinstance(contained, dict) and contained.get("resourceType") in self.known_types \
+                    and isinstance(contained.get("id"), str) and contained["id"]:
+                entries.append({CONTAINED_TYPE: contained["resourceType"], "_id": contained["id"],
+                                **self._own_index(contained)})
+        return entries
 
     def compartment_params(self, compartment: str, resource_type: str) -> list[str]:
         definition = self.definitions.compartments.get(compartment) or {}
@@ -362,6 +406,8 @@ class SearchRegistry:
             for code in ("identifier", *LOOKUPS.get(resource_type, ())):
                 if code in params and params[code].indexed:
                     add([(params[code].sort_field, 1)])
+                if code in params and params[code].prefix_indexed:
+                    add([(params[code].field + PREFIX_SUFFIX, 1)])
             specs[resource_type] = wanted
         return specs
 

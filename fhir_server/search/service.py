@@ -5,10 +5,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.engine.errors import Issue, bad_request, not_found
 from fhir_server.search import bundle as bundles
+from fhir_server.search.contained import (
+    CONTAINED_FIELD,
+    ContainedSearch,
+    Mark,
+    Match,
+    Source,
+    container_types,
+    record_containers,
+)
 from fhir_server.search.criteria import CriteriaBuilder
 from fhir_server.search.filters import ExtraFilter, and_filters, extra_for, is_operator_dict, or_filters
 from fhir_server.search.includes import Found, IncludeResolver
@@ -33,8 +42,15 @@ from fhir_server.search.query import (
 from fhir_server.search.registry import SearchRegistry
 from fhir_server.search.terminology import LocalTerminology
 
+if TYPE_CHECKING:
+    from fhir_server.engine.interactions import WriteEvent
+
 ESTIMATE_LIMIT = 10_000          # `_total=estimate` counts up to this many, then stops
 REINDEX_BATCH = 500
+# Version of what `_index` holds. Databases written with an older one are upgraded once, at start
+# (2: prefixes of looked-up strings, contained resources).
+INDEX_LAYOUT_KEY = "search:index-layout"
+INDEX_LAYOUT_VERSION = 2
 
 
 @dataclass
@@ -74,6 +90,9 @@ class SearchService:
         request = parse_request(params, strict)
         compiler = self._compiler(base_url, extra_filter, strict, request.warnings)
         types = self._types(resource_type, request, compartment, strict)
+        if request.contained != "false" and self._contained_applies(resource_type, compartment, request, strict):
+            assert resource_type is not None
+            return self._search_contained(resource_type, request, compiler, base_url, extra_filter)
         self._check_sort(types, request, strict)
         plans = [self._plan(t, request, compiler, compartment, extra_filter) for t in types]
         plans = [p for p in plans if p.alternatives]
@@ -115,8 +134,70 @@ class SearchService:
 
     def _compiler(self, base_url: str, extra_filter: ExtraFilter, strict: bool,
                   warnings: list[Issue]) -> QueryCompiler:
-        builder = CriteriaBuilder(self.registry.timezone, base_url, self.terminology.expand)
+        builder = CriteriaBuilder(self.registry.timezone, base_url, self.terminology.expand,
+                                  subsume=self.terminology.subsumed)
         return QueryCompiler(self.registry, self.store, builder, extra_filter, strict, warnings)
+
+    # -- contained resources (see contained.py) ---------------------------------------------------
+    @staticmethod
+    def _contained_applies(resource_type: str | None, compartment: tuple[str, str] | None,
+                           request: SearchRequest, strict: bool) -> bool:
+        if resource_type is None or compartment is not None:
+            unsupported("_contained is supported on searches of one resource type (Type?_contained=...)",
+                        "_contained", strict, request.warnings)
+            return False
+        if request.sort:
+            unsupported("_sort does not apply with _contained: results come by container, then contained id",
+                        "_sort", strict, request.warnings)
+            request.sort = []
+        return True
+
+    def _search_contained(self, resource_type: str, request: SearchRequest, compiler: QueryCompiler,
+                          base_url: str, extra_filter: ExtraFilter) -> dict:
+        search = ContainedSearch(self.store, self._contained_sources(resource_type, request, compiler, extra_filter))
+        total = search.total() if _total_mode(request) != "none" else None
+        matches, more = _contained_page(search, request)
+        resolver = IncludeResolver(self.registry, self.store, extra_filter)
+        included = resolver.resolve([m.found() for m in matches], request.includes, request.revincludes) \
+            if matches else []
+        entries = [self._contained_match_entry(base_url, m, request) for m in matches]
+        entries += [bundles.entry(base_url, t, d["resource"], "include") for t, d in included]
+        if request.warnings:
+            entries.append(bundles.outcome_entry(_unique(request.warnings)))
+        links = _contained_links(base_url, resource_type, request, matches[-1].mark if more else None)
+        return bundles.searchset(entries, links, total)
+
+    def _contained_sources(self, resource_type: str, request: SearchRequest, compiler: QueryCompiler,
+                           extra_filter: ExtraFilter) -> list[Source]:
+        """One source per collection holding containers of `resource_type` (each AND-ed with its
+        own access filter), and with `_contained=both` the resources themselves."""
+        entry, on_container = compiler.compile_contained(resource_type, request.criteria)
+        own = compiler.compile(resource_type, request.criteria) if request.contained == "both" else None
+        expand = request.contained_type == "contained"
+        sources: list[Source] = []
+        for container in container_types(self.store, resource_type):
+            query = and_filters({CONTAINED_FIELD: {"$elemMatch": entry}}, on_container)
+            if own is not None and not expand and container == resource_type:
+                query, own = or_filters([own, query]), None     # one document, once
+            sources.append(Source(container, and_filters(query, extra_for(extra_filter, container)),
+                                  entry if expand else None))
+        if own is not None:
+            sources.append(Source(resource_type, and_filters(own, extra_for(extra_filter, resource_type))))
+        return sources
+
+    def _contained_match_entry(self, base_url: str, match: Match, request: SearchRequest) -> dict:
+        resource = match.contained or match.document["resource"]
+        resource = bundles.subset(self.registry.definitions, resource, request.summary, request.elements)
+        if match.contained is None:
+            return bundles.entry(base_url, match.source.resource_type, resource, "match")
+        return bundles.contained_entry(base_url, match.source.resource_type, match.document["_id"], resource,
+                                       "match")
+
+    def on_write(self, event: WriteEvent) -> None:
+        """Write hook (`Interactions.write_hooks`): a resource holding contained resources makes its
+        collection one that `_contained` searches read."""
+        if event.new is not None and event.new.get("contained"):
+            record_containers(self.store, event.resource_type, event.new, event.session)
 
     def _types(self, resource_type: str | None, request: SearchRequest, compartment: tuple[str, str] | None,
                strict: bool) -> list[str]:
@@ -247,9 +328,7 @@ class SearchService:
         return merge_sorted(lists, merge_keys, id_descending, limit)
 
     def _total(self, plans: list[_Plan], request: SearchRequest) -> int | None:
-        mode = request.total
-        if request.summary == "count" or request.count == 0:
-            mode = "accurate" if mode == "none" else mode
+        mode = _total_mode(request)
         if mode == "none":
             return None
         limit = ESTIMATE_LIMIT if mode == "estimate" else 0
@@ -296,21 +375,39 @@ class SearchService:
     def reindex(self, resource_types: list[str]) -> int:
         """Recompute `_index` of every stored resource of these types (after a SearchParameter
         was added or changed). Returns the number of resources rewritten."""
+        return sum(self._reindex_where(resource_type, {}) for resource_type in resource_types)
+
+    def _reindex_where(self, resource_type: str, where: dict) -> int:
         changed = 0
-        for resource_type in resource_types:
-            last_id = None
-            while True:
-                query = {"_id": {"$gt": last_id}} if last_id is not None else {}
-                batch = self.store.find(resource_type, query, [("_id", 1)], REINDEX_BATCH,
-                                        {"resource": 1, "_index": 1})
-                for document in batch:
-                    index = self.registry.extract_index(document["resource"])
-                    if index != document.get("_index"):
-                        changed += self.store.update_many(resource_type, {"_id": document["_id"]},
-                                                          {"$set": {"_index": index}})
-                if len(batch) < REINDEX_BATCH:
-                    break
-                last_id = batch[-1]["_id"]
+        last_id = None
+        while True:
+            query = and_filters(where, {"_id": {"$gt": last_id}} if last_id is not None else None)
+            batch = self.store.find(resource_type, query, [("_id", 1)], REINDEX_BATCH, {"resource": 1, "_index": 1})
+            for document in batch:
+                index = self.registry.extract_index(document["resource"])
+                if index != document.get("_index"):
+                    changed += self.store.update_many(resource_type, {"_id": document["_id"]},
+                                                      {"$set": {"_index": index}})
+                if document["resource"].get("contained"):
+                    record_containers(self.store, resource_type, document["resource"])
+            if len(batch) < REINDEX_BATCH:
+                return changed
+            last_id = batch[-1]["_id"]
+
+    def upgrade_index_layout(self) -> int:
+        """At start, once per database: resources stored with an older `_index` layout get what the
+        current one adds (prefixes of looked-up strings, their contained resources' values), and
+        their containers are recorded. Returns the number of resources rewritten."""
+        state = self.store.get_meta(INDEX_LAYOUT_KEY)
+        if state is not None and state.get("version", 0) >= INDEX_LAYOUT_VERSION:
+            return 0
+        prefixed = [t for t in self.registry.resource_types
+                    if any(p.prefix_indexed for p in self.registry.params_for(t).values())]
+        changed = self.reindex(prefixed)
+        for resource_type in self.registry.resource_types:
+            if resource_type not in prefixed:
+                changed += self._reindex_where(resource_type, {"resource.contained": {"$exists": True}})
+        self.store.put_meta(INDEX_LAYOUT_KEY, {"version": INDEX_LAYOUT_VERSION})
         return changed
 
     # -- Patient/$everything -----------------------------------------------------------------------
@@ -431,6 +528,31 @@ def _everything_options(params: list[tuple[str, str]]) -> _EverythingOptions:
 
 
 _RANGE_OPERATORS = frozenset({"$gt", "$gte", "$lt", "$lte"})
+
+
+def _contained_page(search: ContainedSearch, request: SearchRequest) -> tuple[list[Match], bool]:
+    if not request.count or request.summary == "count":
+        return [], False
+    mark = Mark.decode(request.cursor) if request.cursor else None
+    projection = {"resource": 1, **({"_index": 1} if request.includes or request.revincludes else {})}
+    return search.page(mark, request.count, projection)
+
+
+def _contained_links(base_url: str, path: str, request: SearchRequest, last: Mark | None) -> list[dict]:
+    """self, first and, when more follow, next (its cursor: the last result's position)."""
+    params = request.link_params
+    self_params = params + ([("_cursor", request.cursor)] if request.cursor else [])
+    links = [bundles.link(base_url, path, self_params, "self"), bundles.link(base_url, path, params, "first")]
+    if last is not None:
+        links.append(bundles.link(base_url, path, [*params, ("_cursor", last.encode())], "next"))
+    return links
+
+
+def _total_mode(request: SearchRequest) -> str:
+    """`_total`, made `accurate` when the client asked for the count only."""
+    if request.summary == "count" or request.count == 0:
+        return "accurate" if request.total == "none" else request.total
+    return request.total
 
 
 def _contradicts(criteria: dict, branch: dict) -> bool:

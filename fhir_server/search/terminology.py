@@ -1,7 +1,11 @@
-"""Local ValueSet expansion for the `:in` / `:not-in` token modifiers.
+"""Local terminology for the token modifiers: ValueSet expansion for `:in` / `:not-in`, and
+subsumption in a CodeSystem's hierarchy for `:below` / `:above`.
 
-Only what can be expanded from the definitions we hold: enumerated concepts, whole CodeSystems,
-other ValueSets, and excludes. Filters (`is-a`...) would need a terminology server.
+Only what can be answered from the definitions we hold: enumerated concepts, whole CodeSystems,
+other ValueSets, and excludes. Filters (`is-a`...) in ValueSets would need a terminology server.
+Subsumption needs the whole CodeSystem: as HAPI FHIR does, a `:below` / `:above` on a system we do
+not hold never widens the search (it would otherwise be ignored and return everything); it is a
+400 saying which system is missing.
 """
 
 from __future__ import annotations
@@ -10,11 +14,34 @@ import functools
 
 from fhir_server.definitions import Definitions
 from fhir_server.search.criteria import MalformedValue, UnsupportedModifier
+from fhir_server.terminology import Terminology
 
 
 class LocalTerminology:
     def __init__(self, definitions: Definitions) -> None:
         self.definitions = definitions
+        self.hierarchies = Terminology(definitions)
+
+    def subsumed(self, system: str | None, code: str, direction: str, binding: str | None) -> list[str]:
+        """Token entries (`system|code`) subsumed by (`below`) or subsuming (`above`) the code.
+        Without a system, the system is the one the element's bound ValueSet gives that code (HAPI
+        does the same); when none or several do, the client has to name it."""
+        system = system or self._system_from_binding(code, binding)
+        if not system:
+            raise MalformedValue(f":{direction} needs system|code: no system given for {code!r}, and none "
+                                 "follows from the element's binding")
+        codes = self.hierarchies.subsumed(system, code, direction)
+        if codes is None:
+            raise MalformedValue(f":{direction} needs the hierarchy of the CodeSystem {system}, which this server "
+                                 "does not hold completely")
+        return sorted(f"{system}|{c}" for c in codes)
+
+    def _system_from_binding(self, code: str, binding: str | None) -> str | None:
+        if not binding:
+            return None
+        members = self.hierarchies.expand(binding) or frozenset()
+        systems = {system for system, member in members if member == code}
+        return systems.pop() if len(systems) == 1 else None
 
     def expand(self, url: str) -> list[str]:
         """Token entries (`system|code`) of every code in the ValueSet."""

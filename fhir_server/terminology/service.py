@@ -85,6 +85,18 @@ class Terminology:
         concept = index.concepts.get(code)
         return concept.get("display") if concept else None
 
+    def subsumed(self, system: str, code: str, direction: str) -> frozenset[str] | None:
+        """Codes of a CodeSystem we hold completely that are subsumed by `code` ("below": the code
+        and its descendants) or that subsume it ("above": the code and its ancestors). Empty for a
+        code the system does not define; None when we do not hold the whole system."""
+        index = self._code_system(strip_version(system))
+        if index is None or not index.complete:
+            return None
+        if code not in index.concepts:
+            return frozenset()
+        related = index.descendants(code) if direction == "below" else index.ancestors(code)
+        return frozenset({code, *related})
+
     def invalidate(self) -> None:
         """Forget cached expansions, after ValueSets or CodeSystems changed."""
         with self._lock:
@@ -241,14 +253,10 @@ class _CodeSystemIndex:
         self.parents.setdefault(child, set()).add(parent)
 
     def descendants(self, code: str) -> set[str]:
-        seen: set[str] = set()
-        stack = list(self.children.get(code, ()))
-        while stack:
-            current = stack.pop()
-            if current not in seen:
-                seen.add(current)
-                stack.extend(self.children.get(current, ()))
-        return seen
+        return _reachable(code, self.children)
+
+    def ancestors(self, code: str) -> set[str]:
+        return _reachable(code, self.parents)
 
     def filter(self, prop: str, op: str, value: str) -> set[str] | None:
         """The codes selected by one compose filter, or None for a filter we do not support."""
@@ -294,6 +302,18 @@ class _CodeSystemIndex:
             elif any(v in wanted for v in values):
                 selected.add(code)
         return selected
+
+
+def _reachable(code: str, links: dict[str, set[str]]) -> set[str]:
+    """Every code reached from `code` by following `links` (children or parents), cycles included once."""
+    seen: set[str] = set()
+    stack = list(links.get(code, ()))
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(links.get(current, ()))
+    return seen
 
 
 def _property_value(prop: dict) -> str:

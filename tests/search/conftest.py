@@ -10,6 +10,7 @@ import pytest
 
 from fhir_server.definitions import load_definitions
 from fhir_server.search import SearchRegistry, SearchService
+from fhir_server.search.contained import record_containers
 from fhir_server.storage import MongoStore
 
 BASE = "http://127.0.0.1:8080/fhir"
@@ -41,8 +42,10 @@ def stored_document(registry: SearchRegistry, resource: dict, version: int = 1) 
 
 
 def put(store: MongoStore, registry: SearchRegistry, *resources: dict) -> None:
+    """Store resources as a write does: the document, and its collection recorded as a container."""
     for resource in resources:
         store.insert(resource["resourceType"], stored_document(registry, resource))
+        record_containers(store, resource["resourceType"], resource)
 
 
 def ensure_indexes(store: MongoStore, registry: SearchRegistry, *types: str) -> None:

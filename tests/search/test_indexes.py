@@ -60,6 +60,14 @@ def immunization(n: int, patient_n: int) -> dict:
             "vaccineCode": {"text": "DTP"}}
 
 
+# Several names per patient: a prefix search must hold for one name, not be met by two together.
+MULTI_NAMED = [
+    {"resourceType": "Patient", "id": "m1", "name": [{"family": "Abel"}, {"family": "Zola"}]},
+    {"resourceType": "Patient", "id": "m2", "name": [{"family": "Durand", "given": ["Hélène"]}]},
+    {"resourceType": "Patient", "id": "m3", "name": [{"family": "Dupuis-Delacroix-Montmorency-Vauban"}]},
+]
+
+
 def appointment(n: int) -> dict:
     return {"resourceType": "Appointment", "id": f"a{n}", "status": "booked",
             "start": f"2024-06-{1 + n % 20:02d}T09:00:00Z", "end": f"2024-06-{1 + n % 20:02d}T09:30:00Z",
@@ -71,7 +79,7 @@ def appointment(n: int) -> dict:
 def data(store, registry: SearchRegistry) -> None:
     ensure_indexes(store, registry, *TYPES)
     put(store, registry, *(patient(n) for n in range(10)), *(document(n, n % 10) for n in range(60)),
-        *(immunization(n, n % 10) for n in range(40)), *(appointment(n) for n in range(40)))
+        *(immunization(n, n % 10) for n in range(40)), *(appointment(n) for n in range(40)), *MULTI_NAMED)
 
 
 COMMON_QUERIES = [
@@ -83,6 +91,13 @@ COMMON_QUERIES = [
     ("Immunization", "patient=Patient/p3&_count=2"),
     ("Immunization", "patient=p3&date=ge2023-03-01&_count=2"),
     ("Patient", f"identifier={INS}|18000004"),
+    ("Patient", "family=nom4"),
+    ("Patient", "family=dur"),
+    ("Patient", "family=NOM1,nom2&_count=2"),
+    ("Patient", "name=hél"),
+    ("Patient", "name=helene dur"),
+    ("Patient", "given=HELENE"),
+    ("DocumentReference", "patient.family=nom3&status=current&_count=2"),
     ("Appointment", "actor=Practitioner/dr1&date=ge2024-06-05&date=lt2024-06-12&_count=2"),
     ("Appointment", "actor=Practitioner/dr1&status=booked&date=ge2024-06-05&_sort=date&_count=2"),
 ]
@@ -106,17 +121,48 @@ def test_common_queries_use_an_index(store, registry: SearchRegistry, resource_t
         assert "IXSCAN" in found, (collection, filter_, found)
 
 
-def test_prefix_search_on_a_list_stays_on_one_value(store, registry: SearchRegistry) -> None:
-    """`family` is a list (a patient may have a birth name and a used name): the prefix range must
-    hold for one element, hence `$elemMatch` on the indexed field. Real MongoDB serves it from the
-    multikey index with tight bounds; the embedded development server's planner does not use
-    indexes for `$elemMatch` (a limitation of that server, not of the query)."""
+def test_prefix_search_is_one_equality_on_the_stored_prefixes(store, registry: SearchRegistry) -> None:
+    """`family` is a list (a birth name and a used name): a range `{$gte: "dup", $lt: "duq"}` would
+    be met by two names together, and `$elemMatch` keeps it on one name but the embedded server
+    never serves `$elemMatch` from an index. Every prefix of the looked-up strings is stored, so the
+    search is one equality on one indexed field, exact on lists."""
     recording = RecordingStore(store)
-    bundle = SearchService(registry, recording).search("Patient", [("family", "nom4")], base_url=BASE)
+    bundle = SearchService(registry, recording).search("Patient", [("family", "Nom4")], base_url=BASE)
     assert id_set(bundle) == {"p4"}
-    assert recording.queries == [("Patient", {"_index.family": {"$elemMatch": {"$gte": "nom4", "$lt": "nom5"}}},
-                                  [("_id", 1)])]
-    assert [("_index.family", 1)] in registry.index_specs()["Patient"]
+    assert recording.queries == [("Patient", {"_index.family:prefix": "nom4"}, [("_id", 1)])]
+    assert [("_index.family:prefix", 1)] in registry.index_specs()["Patient"]
+    assert [("_index.name:prefix", 1)] in registry.index_specs()["Patient"]
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("family=ab", "m1"),
+    ("family=zo", "m1"),
+    ("family=b", ""),                     # "abel" and "zola" bracket "b": no name starts with it
+    ("family=dup", "m3"),                 # not m2: Hélène Durand has no name starting with "dup"
+    ("family=dur", "m2"),
+    ("name=dup", "m3"),
+    ("name=hel", "m2"),
+    ("name=helene d", "m2"),              # the whole name "helene durand"
+    ("name=helene z", ""),
+    ("given=dur", ""),
+    ("family=dupuis-delacroix-montmorency", "m3"),          # longer than the stored prefixes
+    ("family=dupuis-delacroix-montmorency-x", ""),
+    ("family:exact=Durand", "m2"),
+])
+def test_prefix_search_on_several_names(service: SearchService, query: str, expected: str) -> None:
+    params = [tuple(p.split("=", 1)) for p in query.split("&")]
+    found = id_set(service.search("Patient", params, base_url=BASE, strict=True))
+    assert found & {"m1", "m2", "m3"} == set(expected.split()), query
+
+
+def test_a_long_prefix_still_uses_the_index_on_real_mongodb(store, registry: SearchRegistry) -> None:
+    """Beyond the stored prefix length: the stored prefix (indexed) and the exact range on one name."""
+    recording = RecordingStore(store)
+    SearchService(registry, recording).search("Patient", [("family", "Dupuis-Delacroix-Montmorency")], base_url=BASE)
+    (_, query, _), = recording.queries
+    assert query == {"_index.family:prefix": "dupuis-delacroix-montmor",
+                     "_index.family": {"$elemMatch": {"$gte": "dupuis-delacroix-montmorency",
+                                                      "$lt": "dupuis-delacroix-montmorencz"}}}
 
 
 def test_every_type_has_index_specs(registry: SearchRegistry) -> None:

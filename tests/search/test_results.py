@@ -258,12 +258,14 @@ def test_include_is_batched(service: SearchService, store) -> None:
 # -- unknown parameters, system level ------------------------------------------------------------
 
 def test_unknown_parameters(service: SearchService) -> None:
-    bundle = search(service, "Patient", [("shoe-size", "42"), ("gender:above", "x"), ("_pretty", "true")])
+    bundle = search(service, "Patient", [("shoe-size", "42"), ("organization:above", "Organization/org"),
+                                         ("_pretty", "true")])
     assert len(ids(bundle)) == 4
     outcome = bundle["entry"][-1]
     assert outcome["search"]["mode"] == "outcome"
-    assert [i["expression"] for i in outcome["resource"]["issue"]] == [["shoe-size"], ["gender:above"]]
-    for params in ([("shoe-size", "42")], [("gender:above", "x")], [("_contained", "true")]):
+    assert [i["expression"] for i in outcome["resource"]["issue"]] == [["shoe-size"], ["organization:above"]]
+    for params in ([("shoe-size", "42")], [("organization:above", "Organization/org")], [("_contained", "maybe")],
+                   [("_containedType", "both")]):
         with pytest.raises(FhirError) as caught:
             search(service, "Patient", params, strict=True)
         assert caught.value.status == 400

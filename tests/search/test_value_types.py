@@ -66,12 +66,19 @@ RISKS = [{"resourceType": "RiskAssessment", "id": f"r{i}", "status": "final", "s
 
 QUESTIONNAIRES = [{"resourceType": "Questionnaire", "id": i, "status": "active", "url": u} for i, u in (
     ("q1", "http://example.org/fhir/Questionnaire/phq9"), ("q2", "http://example.org/fhir/Questionnaire/phq9-v2"),
-    ("q3", "http://other.org/gad7"))]
+    ("q3", "http://other.org/gad7"), ("q4", "http://example.org/"), ("q5", "urn:oid:1.2.250.1.213"))]
+
+# condition-clinical (R4 core): active > {recurrence, relapse}; inactive > {remission, resolved}
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+CONDITIONS = [{"resourceType": "Condition", "id": i, "subject": {"reference": "Patient/p1"},
+               "clinicalStatus": {"coding": [{"system": system, "code": code}]}} for i, system, code in (
+    ("c1", CLINICAL, "active"), ("c2", CLINICAL, "recurrence"), ("c3", CLINICAL, "relapse"),
+    ("c4", CLINICAL, "remission"), ("c5", CLINICAL, "resolved"), ("c6", "http://other.org/status", "active"))]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def data(store, registry) -> None:
-    put(store, registry, *PATIENTS, *OBSERVATIONS, *RISKS, *QUESTIONNAIRES)
+    put(store, registry, *PATIENTS, *OBSERVATIONS, *RISKS, *QUESTIONNAIRES, *CONDITIONS)
 
 
 def found(service: SearchService, resource_type: str, query: str) -> set[str]:
@@ -226,10 +233,40 @@ def test_quantity(service: SearchService, query: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(("query", "expected"), [
+    (f"clinical-status:below={CLINICAL}|active", "c1 c2 c3"),
+    ("clinical-status:below=active", "c1 c2 c3"),               # the system follows from the binding
+    (f"clinical-status:below={CLINICAL}|inactive", "c4 c5"),
+    (f"clinical-status:below={CLINICAL}|relapse", "c3"),
+    (f"clinical-status:below={CLINICAL}|relapse,{CLINICAL}|remission", "c3 c4"),
+    (f"clinical-status:above={CLINICAL}|relapse", "c1 c3"),
+    (f"clinical-status:above={CLINICAL}|active", "c1"),
+    (f"clinical-status:above={CLINICAL}|resolved", "c5"),
+    (f"clinical-status:below={CLINICAL}|no-such-code", ""),     # as HAPI: a code outside the system, nothing
+    (f"clinical-status:below={CLINICAL}|active&clinical-status:not={CLINICAL}|active", "c2 c3"),
+])
+def test_token_subsumption(service: SearchService, query: str, expected: str) -> None:
+    check(service, "Condition", query, expected)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("gender:below=female", "p1 p3"),                             # codes stored without their system
+    ("gender:above=http://hl7.org/fhir/administrative-gender|male", "p2"),
+])
+def test_code_subsumption(service: SearchService, query: str, expected: str) -> None:
+    check(service, "Patient", query, expected)
+
+
+@pytest.mark.parametrize(("query", "expected"), [
     ("url=http://example.org/fhir/Questionnaire/phq9", "q1"),
     ("url:below=http://example.org/fhir", "q1 q2"),
-    ("url:above=http://example.org/fhir/Questionnaire/phq9/extra", "q1"),
+    ("url:below=http://example.org/fhir/Questionnaire/phq9", "q1 q2"),       # "starts with"
+    ("url:below=http://example.org/", "q1 q2 q4"),
+    ("url:above=http://example.org/fhir/Questionnaire/phq9/extra", "q1 q4"),
+    ("url:above=http://example.org/fhir/Questionnaire/phq9/_history/2", "q1 q4"),
+    ("url:above=http://example.org/fhir/Questionnaire/phq9-v2", "q2 q4"),    # by path segment: not phq9
+    ("url:above=http://other.org/gad7", "q3"),
     ("url=http://example.org/fhir/Questionnaire", ""),
+    ("url=urn:oid:1.2.250.1.213", "q5"),
 ])
 def test_uri(service: SearchService, query: str, expected: str) -> None:
     check(service, "Questionnaire", query, expected)
@@ -244,6 +281,11 @@ def test_uri(service: SearchService, query: str, expected: str) -> None:
     ("Patient", "gender:missing=maybe", "gender:missing"),
     ("Patient", "identifier:of-type=x|y", "identifier:of-type"),
     ("Observation", "subject=Patient/p1/bad id", "subject"),
+    ("Observation", "code:below=http://loinc.org|8480-6", "code:below"),       # a system we do not hold
+    ("Condition", "code:below=38341003", "code:below"),                      # no system, none from the binding
+    ("Condition", f"clinical-status:above={CLINICAL}|", "clinical-status:above"),
+    ("Questionnaire", "url:below=urn:oid:1.2", "url:below"),                 # URLs only, not URNs
+    ("Questionnaire", "url:above=urn:oid:1.2.250.1.213.1", "url:above"),
 ])
 def test_malformed_values_are_400_naming_the_parameter(service: SearchService, resource_type: str, query: str,
                                                        expression: str) -> None:

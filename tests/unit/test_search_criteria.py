@@ -17,7 +17,7 @@ from fhir_server.search.criteria import (
     split_prefix,
     unescape,
 )
-from fhir_server.search.filters import NOTHING, and_filters, satisfies
+from fhir_server.search.filters import NOTHING, and_filters, field_names, relative_to, satisfies
 from fhir_server.search.normalize import DEFAULT_TIMEZONE
 
 BUILDER = CriteriaBuilder(DEFAULT_TIMEZONE, "http://h/fhir", now=datetime(2024, 1, 1, tzinfo=UTC))
@@ -25,6 +25,8 @@ STATUS = Target("_index.status", False, "token", primitive_tokens=True, aux_pref
 CODE = Target("_index.code", True, "token", aux_prefix="_index.code")
 NAME = Target("_index.name", True, "string", aux_prefix="_index.name")
 DESCRIPTION = Target("_index.description", False, "string", aux_prefix="_index.description")
+FAMILY = Target("_index.family", True, "string", aux_prefix="_index.family", prefix_field="_index.family:prefix")
+URL = Target("_index.url", False, "uri")
 PERIOD = Target("_index.period", True, "date")
 BIRTH = Target("_index.birthdate", False, "date")
 POINT = Target("_index.date", False, "date", point=True)
@@ -63,6 +65,53 @@ def test_strings_use_index_ranges_on_one_value() -> None:
     assert BUILDER.build(NAME, None, "Hél") == {"_index.name": {"$elemMatch": {"$gte": "hel", "$lt": "hem"}}}
     assert BUILDER.build(NAME, "exact", "Hélène") == {"_index.name": "helene", "_index.name:exact": "Hélène"}
     assert BUILDER.build(NAME, "contains", "l.n") == {"_index.name": {"$regex": r"l\.n"}}
+
+
+def test_looked_up_strings_are_equalities_on_their_prefixes() -> None:
+    assert BUILDER.build(FAMILY, None, "Dup") == {"_index.family:prefix": "dup"}
+    assert BUILDER.build(FAMILY, None, "dup,MART") == {"_index.family:prefix": {"$in": ["dup", "mart"]}}
+    long = "d" * 30
+    assert BUILDER.build(FAMILY, None, long) == {
+        "_index.family:prefix": "d" * 24, "_index.family": {"$elemMatch": {"$gte": long, "$lt": "d" * 29 + "e"}}}
+    assert BUILDER.build(FAMILY, None, f"dup,{long}") == {"$or": [
+        {"_index.family:prefix": "dup"},
+        {"_index.family:prefix": "d" * 24, "_index.family": {"$elemMatch": {"$gte": long, "$lt": "d" * 29 + "e"}}}]}
+    assert BUILDER.build(FAMILY, "exact", "Dupont") == {"_index.family": "dupont", "_index.family:exact": "Dupont"}
+
+
+def test_subsumption() -> None:
+    calls = []
+
+    def subsume(system: str | None, code: str, direction: str, binding: str | None) -> list[str]:
+        calls.append((system, code, direction, binding))
+        return [f"{system or 'http://bound'}|{code}", f"{system or 'http://bound'}|{code}-child"]
+
+    builder = CriteriaBuilder(DEFAULT_TIMEZONE, subsume=subsume)
+    bound = Target("_index.status", False, "token", primitive_tokens=True, binding="http://vs")
+    assert builder.build(CODE, "below", "http://s|a") == {"_index.code": {"$in": ["http://s|a", "http://s|a-child"]}}
+    assert builder.build(bound, "above", "a") == {"_index.status": {"$in": ["a", "a-child"]}}   # codes only
+    assert calls == [("http://s", "a", "below", None), (None, "a", "above", "http://vs")]
+    assert CriteriaBuilder(DEFAULT_TIMEZONE, subsume=lambda *a: []).build(CODE, "below", "http://s|x") == NOTHING
+    with pytest.raises(MalformedValue):
+        builder.build(CODE, "below", "http://s|")
+
+
+def test_uri_above_and_below() -> None:
+    assert BUILDER.build(URL, "below", "http://a.org/fhir/") == {"_index.url": {"$gte": "http://a.org/fhir/",
+                                                                               "$lt": "http://a.org/fhir0"}}
+    assert BUILDER.build(URL, "above", "http://a.org/fhir/ValueSet/1")["_index.url"]["$in"] == [
+        "http://a.org", "http://a.org/", "http://a.org/fhir", "http://a.org/fhir/", "http://a.org/fhir/ValueSet",
+        "http://a.org/fhir/ValueSet/", "http://a.org/fhir/ValueSet/1", "http://a.org/fhir/ValueSet/1/"]
+    for modifier in ("above", "below"):
+        with pytest.raises(MalformedValue):
+            BUILDER.build(URL, modifier, "urn:oid:1.2.3")
+
+
+def test_conditions_moved_into_an_array_element() -> None:
+    condition = {"_index.code": "a", "$or": [{"_index.status": "x"}, {"_id": "o1"}], "$nor": [{"_index.d": 1}]}
+    assert field_names(condition) == {"_index.code", "_index.status", "_id", "_index.d"}
+    assert relative_to(condition, "_index.") == {"code": "a", "$or": [{"status": "x"}, {"_id": "o1"}],
+                                                 "$nor": [{"d": 1}]}
 
 
 def test_dates() -> None:

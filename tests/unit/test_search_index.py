@@ -112,6 +112,27 @@ def test_meta_parameters(registry: SearchRegistry) -> None:
     assert index["_source"] == "https://dpi.example.org"
 
 
+def test_looked_up_strings_store_their_prefixes(registry: SearchRegistry) -> None:
+    index = registry.extract_index({"resourceType": "Patient", "id": "p",
+                                    "name": [{"family": "Lô", "given": ["Ève Marie"]}, {"family": "Ng"}]})
+    assert index["family:prefix"] == ["l", "lo", "n", "ng"]
+    assert index["given:prefix"] == ["e", "ev", "eve", "eve m", "eve ma", "eve mar", "eve mari", "eve marie"]
+    assert "name:prefix" in index and "address-city:prefix" not in index
+    long = registry.extract_index({"resourceType": "Patient", "id": "q", "name": [{"family": "x" * 40}]})
+    assert long["family:prefix"] == ["x" * n for n in range(1, 25)]
+
+
+def test_contained_resources_are_indexed_apart(registry: SearchRegistry) -> None:
+    index = registry.extract_index({
+        "resourceType": "MedicationRequest", "id": "mr", "status": "active", "intent": "order",
+        "medicationReference": {"reference": "#m"}, "subject": {"reference": "Patient/1"},
+        "contained": [{"resourceType": "Medication", "id": "m", "code": {"text": "Doliprane"}},
+                      {"resourceType": "Medication", "code": {"text": "no id: cannot be addressed"}},
+                      {"resourceType": "NotAType", "id": "x"}]})
+    assert index["subject"] == "Patient/1" and "medication" not in index
+    assert index["_contained"] == [{"_type": "Medication", "_id": "m", "code:text": ["doliprane"]}]
+
+
 def test_unparsable_values_are_skipped(registry: SearchRegistry) -> None:
     index = registry.extract_index({"resourceType": "Immunization", "id": "i", "status": "completed",
                                     "occurrenceString": "enfance", "patient": {"reference": "#p"},
