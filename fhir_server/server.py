@@ -180,6 +180,7 @@ class FhirServer:
         return ctx
 
     def _on_write(self, event: WriteEvent) -> None:
+        self.policy.on_write(event)          # history and audit trail follow the new access data
         if event.resource_type in IDENTITY_TYPES:
             self.policy.identities_changed()
         if event.resource_type == "SearchParameter" and event.new is not None:

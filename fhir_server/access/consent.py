@@ -95,4 +95,5 @@ def _apply(provision: dict, state: ConsentState, contained: dict, resolve_keys) 
         for data in provision.get("data", []) or []:
             literal = (data.get("reference") or {}).get("reference")
             if isinstance(literal, str):
-                state.masked.add("/".join(literal.split("/")[-2:]))
+                # "DocumentReference/x", absolute or versioned: the document, whatever its version
+                state.masked.add("/".join(literal.split("/_history/")[0].split("/")[-2:]))

@@ -17,10 +17,11 @@ At read time the actor's rights become one MongoDB filter over `_acl`, AND-ed in
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.access.actor import Actor
 from fhir_server.access.consent import ConsentState, consent_state
@@ -35,6 +36,9 @@ from fhir_server.access.matrix import AccessMatrix
 from fhir_server.definitions import Definitions
 from fhir_server.engine.errors import FhirError, Issue, error
 
+if TYPE_CHECKING:
+    from fhir_server.engine.interactions import WriteEvent
+
 MASKED_FROM_PROFESSIONALS = "MASQUE_PS"
 INVISIBLE_TO_PATIENT = "INVISIBLE_PATIENT"
 # deny tokens of `_acl.own` (from the resource) and `_acl.consent` (from the patient's Consents)
@@ -46,7 +50,7 @@ EMERGENCY_ALLOWED = "+emergency-allowed"
 NOTHING = {"_id": {"$in": []}}
 REFERENCE_DATA = {"_acl.patients": {"$exists": False}}
 ACL_SCHEMA = "acl-schema"
-ACL_SCHEMA_VERSION = 2            # 2: `_acl.deny`, the union of `own` and `consent`
+ACL_SCHEMA_VERSION = 3            # 2: `_acl.deny`, the union of `own` and `consent`; 3: AuditEvent patients
 AUTHORED_ELEMENTS = ("author", "recorder", "asserter", "requester", "performer", "sender", "source", "attester")
 
 # Conformance and directory resources anyone authenticated (or not, for conformance) may read.
@@ -55,8 +59,14 @@ CONFORMANCE_TYPES = frozenset({
     "CompartmentDefinition", "ValueSet", "CodeSystem", "ConceptMap", "NamingSystem", "StructureMap",
 })
 
+PATIENT_ROLE = "1"                # object-role "Patient" of an AuditEvent entity
+CONTENT_TYPES = ("Binary", "Bundle")   # outside the compartment, but carry their document's `_acl`
 IDENTITY_CACHE_SECONDS = 30
 PRIVATE_TO_PARTICIPANTS = frozenset({"Communication"})
+# Types whose read rule differs from the common one (see `read_filter`); "*" stands for any other
+# type (only a wildcard scope allows it).
+SPECIAL_TYPES = CONFORMANCE_TYPES | PRIVATE_TO_PARTICIPANTS | {"Subscription", "AuditEvent"}
+ANY_OTHER_TYPE = "*"
 IDENTITY_TYPES = frozenset({"Patient", "Practitioner", "PractitionerRole", "Organization"})
 
 Lookup = Callable[[str, list[tuple[str, str]]], list[str]]      # (type, search params) -> ids
@@ -90,9 +100,9 @@ class AccessPolicy:
         patients = self.patients_of(resource_type, resource, index)
         if not patients:
             return None
-        # Professionals never read AuditEvents, so their consent tokens would be dead weight:
-        # skip the consent-state read on the audit hot path.
-        state = ConsentState() if resource_type == "AuditEvent" else self._state_of(patients, session)
+        if resource_type == "AuditEvent":
+            return self._audit_acl(resource, patients, session)
+        state = self._state_of(patients, session)
         labels = _labels(resource)
         own = [f"class:{c}" for c in self.matrix.classes_of(resource)]
         if MASKED_FROM_PROFESSIONALS in labels:
@@ -115,6 +125,9 @@ class AccessPolicy:
     def patients_of(self, resource_type: str, resource: dict, index: dict) -> list[str]:
         if resource_type == "Patient":
             return [f"Patient/{resource.get('id')}"]
+        if resource_type == "AuditEvent" and _audit_patients(resource):
+            # the record the event is about, not a patient who merely acted (e.g. was refused)
+            return _audit_patients(resource)
         if resource_type == "Bundle" and resource.get("type") == "document":
             return self._document_patients(resource)
         params = self.compartment_params.get(resource_type)
@@ -145,6 +158,23 @@ class AccessPolicy:
                     return [f"Patient/{i}" for i in stored]
         return [f"Patient/{subject['id']}"] if isinstance(subject.get("id"), str) else []
 
+    def _audit_acl(self, event: dict, patients: list[str], session: Any) -> dict:
+        """An AuditEvent is read by its patient and auditors only (professionals never read the
+        trail, so no consent token is needed); one about a resource invisible to the patient is
+        invisible to them too, or its entity and title would reveal it."""
+        own = [INVISIBLE] if self._concerns_invisible(event, session) else []
+        return {"patients": patients, "authors": [], "authorised": [], "own": own, "consent": [], "deny": own}
+
+    def _concerns_invisible(self, event: dict, session: Any) -> bool:
+        ids_by_type: dict[str, set[str]] = {}
+        for reference in _audit_data_references(event):
+            resource_type, _, resource_id = reference.partition("/")
+            if resource_type in self.compartment_params or resource_type in CONTENT_TYPES:
+                ids_by_type.setdefault(resource_type, set()).add(resource_id)
+        return any(self.store.find(t, {"_id": {"$in": sorted(ids)}, "_acl.deny": INVISIBLE}, limit=1,
+                                   projection={"_id": 1}, session=session)
+                   for t, ids in sorted(ids_by_type.items()))
+
     def _state_of(self, patients: list[str], session: Any) -> ConsentState:
         merged = ConsentState()
         for patient in patients:
@@ -153,38 +183,104 @@ class AccessPolicy:
             merged.blocked |= state.blocked
             merged.authorised |= state.authorised
             merged.masked |= state.masked
-            if state.emergency != "default":
-                merged.emergency = state.emergency
+            if state.emergency == "refused" or merged.emergency == "default":
+                merged.emergency = state.emergency      # one patient's refusal prevails
         return merged
 
     def refresh_consent_state(self, patient: str, consents: list[dict], session: Any) -> ConsentState:
         """Recompute a patient's consent state and write it into every resource of the patient
-        (current and historical versions)."""
+        (current and historical versions): `_acl.consent`, `_acl.authorised` and `_acl.deny`."""
         state = consent_state(consents, self._reference_keys)
         self.store.put_meta(f"consent:{patient}", state.to_document(), session)
         update = _consent_update(_consent_tokens(state, None), sorted(state.authorised))
-        for collection in [*self.compartment_params, "_history"]:
-            self.store.update_many(collection, {"_acl.patients": patient}, update, session)
+        for collection, where in self._record_of(patient):
+            self.store.update_many(collection, where, update, session)
         masked = _consent_update(_consent_tokens(state, "masked"))
         for reference in state.masked:
             resource_type, _, resource_id = reference.partition("/")
             if resource_type in self.compartment_params:
-                self.store.update_many(resource_type, {"_id": resource_id, "_acl.patients": patient}, masked, session)
-                self.store.update_many("_history", {"type": resource_type, "id": resource_id}, masked, session)
+                # only this patient's resources: a Consent cannot mask somebody else's document
+                mine = {"_acl.patients": patient}
+                self.store.update_many(resource_type, {**mine, "_id": resource_id}, masked, session)
+                self.store.update_many("_history", {**mine, "type": resource_type, "id": resource_id}, masked,
+                                       session)
+        self._refresh_shared(patient, session)
         return state
+
+    def _record_of(self, patient: str) -> list[tuple[str, dict]]:
+        """Where the patient's resources are, except the audit trail (it holds no consent tokens)."""
+        mine = {"_acl.patients": patient}
+        return [*((c, mine) for c in self.compartment_params if c != "AuditEvent"),
+                ("_history", {**mine, "type": {"$ne": "AuditEvent"}})]
+
+    def _refresh_shared(self, patient: str, session: Any) -> None:
+        """A resource of several patients (an appointment, a message...) carries the consent state
+        of all of them merged, not only that of the patient whose Consent changed."""
+        for collection, where in self._record_of(patient):
+            if collection == "_history":
+                continue
+            shared = {**where, "_acl.patients.1": {"$exists": True}}
+            for doc in self.store.find(collection, shared, projection={"_acl.patients": 1}, session=session):
+                state = self._state_of(doc["_acl"]["patients"], session)
+                tokens = _consent_tokens(state, f"{collection}/{doc['_id']}")
+                update = _consent_update(tokens, sorted(state.authorised))
+                self.store.update_many(collection, {"_id": doc["_id"]}, update, session)
+                self.store.update_many("_history", {"type": collection, "id": doc["_id"]}, update, session)
+
+    def on_write(self, event: WriteEvent) -> None:
+        """Write hook, in the write's transaction: the access data of a resource's history follow
+        its current version, and the patient's view of the audit trail follows the resource's
+        visibility to the patient."""
+        if event.new is None or event.acl is None:
+            return
+        if event.version > 1:
+            self._align_history(event.resource_type, event.resource_id, event.acl, event.session)
+        if (INVISIBLE_TO_PATIENT in _labels(event.old or {})) != (INVISIBLE in event.acl["own"]):
+            self._refresh_audit_visibility(f"{event.resource_type}/{event.resource_id}", event.acl["patients"],
+                                           event.session)
+
+    def _align_history(self, resource_type: str, resource_id: str, acl: dict, session: Any) -> None:
+        """Older versions are read under the current decision: masking a document (or blocking,
+        or making it invisible) hides its earlier versions too, and un-masking shows them again."""
+        self.store.update_many("_history", {"type": resource_type, "id": resource_id}, {"$set": {"_acl": acl}},
+                               session)
+
+    def _refresh_audit_visibility(self, reference: str, patients: list[str], session: Any) -> None:
+        """Recompute `!invisible` on the patients' AuditEvents that name `reference`."""
+        named = {"_acl.patients": {"$in": patients},
+                 "resource.entity.what.reference": {"$regex": f"^{re.escape(reference)}(/_history/|$)"}}
+        for doc in self.store.find("AuditEvent", named, projection={"resource.entity": 1}, session=session):
+            own = [INVISIBLE] if self._concerns_invisible(doc["resource"], session) else []
+            update = {"$set": {"_acl.own": own, "_acl.deny": own}}
+            self.store.update_many("AuditEvent", {"_id": doc["_id"]}, update, session)
+            self.store.update_many("_history", {"type": "AuditEvent", "id": doc["_id"]}, update, session)
 
     def upgrade_stored_acls(self) -> None:
         """Bring `_acl` sub-documents written by an older version to the current layout (once per
         database: the schema version is kept in `_meta`)."""
-        done = self.store.get_meta(ACL_SCHEMA) or {}
-        if done.get("version", 0) >= ACL_SCHEMA_VERSION:
+        done = (self.store.get_meta(ACL_SCHEMA) or {}).get("version", 0)
+        if done >= ACL_SCHEMA_VERSION:
             return
-        union = [{"$set": {"_acl.deny": {"$setUnion": [{"$ifNull": ["$_acl.own", []]},
-                                                       {"$ifNull": ["$_acl.consent", []]}]}}}]
-        for collection in [*self.compartment_params, "_history"]:
-            self.store.update_many(collection, {"_acl.patients": {"$exists": True}, "_acl.deny": {"$exists": False}},
-                                   union, None)
+        if done < 2:
+            union = [{"$set": {"_acl.deny": {"$setUnion": [{"$ifNull": ["$_acl.own", []]},
+                                                           {"$ifNull": ["$_acl.consent", []]}]}}}]
+            for collection in [*self.compartment_params, "_history"]:
+                self.store.update_many(collection, {"_acl.patients": {"$exists": True},
+                                                    "_acl.deny": {"$exists": False}}, union, None)
+        if done < 3:
+            self._upgrade_audit_patients()
         self.store.put_meta(ACL_SCHEMA, {"version": ACL_SCHEMA_VERSION})
+
+    def _upgrade_audit_patients(self) -> None:
+        """Version 3: an AuditEvent belongs to the patients it is about (its entities in the role
+        of patient), no longer to a patient who merely acted; consent tokens are dropped."""
+        patient_entities = {"$filter": {"input": "$resource.entity", "cond": {"$eq": ["$$this.role.code",
+                                                                                      PATIENT_ROLE]}}}
+        about = [{"$set": {"_acl.patients": {"$map": {"input": patient_entities, "in": "$$this.what.reference"}},
+                           "_acl.consent": [], "_acl.authorised": [], "_acl.deny": "$_acl.own"}}]
+        with_patient = {"_acl.patients": {"$exists": True}, "resource.entity.role.code": PATIENT_ROLE}
+        self.store.update_many("AuditEvent", with_patient, about, None)
+        self.store.update_many("_history", {**with_patient, "type": "AuditEvent"}, about, None)
 
     def _reference_keys(self, literal: str | None) -> set[str]:
         """Identifier keys (RPPS, FINESS) of a Practitioner / Organization a Consent points at."""
@@ -245,27 +341,55 @@ class AccessPolicy:
     def read_filter(self, access: RequestAccess, resource_type: str) -> dict | None:
         """The filter AND-ed into every read of `resource_type` (None: no restriction)."""
         actor = access.actor
-        if actor is None or resource_type in CONFORMANCE_TYPES:
+        if resource_type in CONFORMANCE_TYPES:
             return None
+        if actor is None:
+            return NOTHING                 # anonymous: conformance resources only
+        if not actor.scopes.allows_reading(resource_type):
+            # scopes bound everything, including what comes in by `_include`, chains or `$everything`
+            return NOTHING
         if actor.kind == "system":
             return None
         if resource_type == "Subscription":     # endpoint and headers belong to the owner (notify sets _owner)
             if actor.kind in ("patient", "practitioner"):
                 return {"_owner": {"$in": [*access.patients, *access.keys]}}
             return None if actor.kind == "auditor" else NOTHING
+        if resource_type == "AuditEvent":
+            return self._audit_filter(access, actor)
         if not actor.sees_clinical_data:
             return REFERENCE_DATA
         if actor.kind == "auditor":
-            return None if resource_type == "AuditEvent" else REFERENCE_DATA
+            return REFERENCE_DATA
         if actor.kind == "patient":
             # `$in` with null also matches a missing `_acl.patients`: reference data
             return {"$and": [{"_acl.patients": {"$in": [*access.patients, None]}}, {"_acl.deny": {"$ne": INVISIBLE}}]}
-        if resource_type == "AuditEvent":
-            return NOTHING                 # professionals never read the audit trail
         if resource_type in PRIVATE_TO_PARTICIPANTS:
             # a message is read by its sender and recipients only, whatever else they may see
             return {"$and": [self._practitioner_filter(access, actor), {"_acl.participants": {"$in": access.keys}}]}
         return self._practitioner_filter(access, actor)
+
+    @staticmethod
+    def _audit_filter(access: RequestAccess, actor: Actor) -> dict | None:
+        """The audit trail: auditors read it all; a patient reads the events of their own record
+        (not those without a patient, nor those about what is invisible to them); nobody else."""
+        if actor.kind == "auditor":
+            return None
+        if actor.kind == "patient" and access.patients:
+            return {"$and": [{"_acl.patients": {"$in": access.patients}}, {"_acl.deny": {"$ne": INVISIBLE}}]}
+        return NOTHING
+
+    def history_filter(self, access: RequestAccess) -> dict | None:
+        """The filter of a system-level history, whose versions (field `type`) mix resource types:
+        each type that has a rule of its own gets it, the others the common rule."""
+        actor = access.actor
+        if actor is None:
+            return {"type": {"$in": sorted(CONFORMANCE_TYPES)}}
+        special = sorted(SPECIAL_TYPES | actor.scopes.named_types())
+        branches = [_for_type(t, self.read_filter(access, t)) for t in special]
+        if actor.scopes.allows_reading(ANY_OTHER_TYPE):
+            branches.append(_for_type({"$nin": special}, self.read_filter(access, ANY_OTHER_TYPE)))
+        branches = [b for b in branches if b is not None]
+        return {"$or": branches} if branches else NOTHING
 
     def _practitioner_filter(self, access: RequestAccess, actor: Actor) -> dict:
         """Visible: what no deny token concerns (reference data has no `_acl`, and `$nin` matches a
@@ -300,20 +424,29 @@ class AccessPolicy:
     def check_write(self, access: RequestAccess, resource_type: str, acl: dict | None) -> None:
         """May this actor store a resource whose new `_acl` is `acl`?"""
         actor = access.actor
-        opposed = acl is not None and OPPOSED in acl.get("consent", [])
-        if actor is None or acl is None or actor.kind == "system" and not opposed:
+        if actor is None or acl is None:
             return
+        opposed = OPPOSED in acl.get("deny", [])
         if actor.kind == "patient":
             foreign = [p for p in acl["patients"] if p not in access.patients]
             if foreign:
                 raise error(403, "forbidden", f"A patient may only write to their own record, not {foreign[0]}")
             return
+        if actor.kind == "system" and (not opposed or resource_type == "Consent"):
+            return                  # the trusted back-end may still record the patient's choices
         if opposed and not (actor.kind == "practitioner" and set(access.keys) & set(acl["authorised"])):
             raise FhirError(403, [Issue("error", "forbidden",
                                         "The patient has closed their health space or opposed its use: nothing can "
                                         "be added to it")])
-        if actor.kind == "practitioner" and set(access.keys) & set(acl.get("consent", [])):
+        if actor.kind == "practitioner" and set(access.keys) & set(acl.get("deny", [])):
             raise error(403, "forbidden", "The patient has blocked this professional or organisation")
+
+
+def _for_type(resource_type: str | dict, where: dict | None) -> dict | None:
+    """One branch of a mixed-type history filter (None when the type is not readable at all)."""
+    if where == NOTHING:
+        return None
+    return {"type": resource_type} if where is None else {"$and": [{"type": resource_type}, where]}
 
 
 def _consent_update(tokens: list[str], authorised: list[str] | None = None) -> list[dict]:
@@ -339,6 +472,23 @@ def _consent_tokens(state: ConsentState, reference: str | None) -> list[str]:
     if reference == "masked" or reference in state.masked:
         tokens.add(MASKED)
     return sorted(tokens)
+
+
+def _audit_patients(event: dict) -> list[str]:
+    """The patients an AuditEvent is about: its entities in the role of patient."""
+    return _patient_refs((e.get("what") or {}).get("reference") for e in _audit_entities(event)
+                         if ((e.get("role") or {}).get("code")) == PATIENT_ROLE)
+
+
+def _audit_data_references(event: dict) -> list[str]:
+    """The resources (without version) an AuditEvent names, apart from its patient entities."""
+    references = [(e.get("what") or {}).get("reference") for e in _audit_entities(event)
+                  if ((e.get("role") or {}).get("code")) != PATIENT_ROLE]
+    return sorted({r.split("/_history/")[0] for r in references if isinstance(r, str) and "/" in r})
+
+
+def _audit_entities(event: dict) -> list[dict]:
+    return [e for e in event.get("entity") or [] if isinstance(e, dict)]
 
 
 def _patient_refs(values: Iterable[object]) -> list[str]:

@@ -42,6 +42,15 @@ class Scopes:
         letter = PERMISSION.get(interaction, "r")
         return any(s.resource_type in ("*", resource_type) and letter in s.permissions for s in self.scopes)
 
+    def allows_reading(self, resource_type: str) -> bool:
+        """May resources of this type reach the client at all (read or search), e.g. through an
+        `_include`, a system-wide search or history, `$everything`?"""
+        return self.allows(resource_type, "read") or self.allows(resource_type, "search")
+
+    def named_types(self) -> frozenset[str]:
+        """The resource types the scopes name one by one (not through `*`)."""
+        return frozenset(s.resource_type for s in self.scopes if s.resource_type != "*")
+
     def __str__(self) -> str:
         return " ".join(f"{s.context}/{s.resource_type}.{''.join(sorted(s.permissions, key='cruds'.index))}"
                         for s in self.scopes)

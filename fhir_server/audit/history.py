@@ -27,10 +27,15 @@ MAX_COUNT = 100
 NEWEST_FIRST = [("_audit.recorded", -1), ("_id", -1)]
 
 
-def access_history(store: MongoStore, patient: str, params: list[tuple[str, str]], base_url: str) -> dict:
+def access_history(store: MongoStore, patient: str, params: list[tuple[str, str]], base_url: str,
+                   where: dict | None = None) -> dict:
+    """`where`: the caller's access filter on AuditEvent (a patient does not see the events about
+    what is invisible to them)."""
     patient = patient if patient.startswith("Patient/") else f"Patient/{patient}"
     options = _options(params)
     query = _query(patient, options)
+    if where is not None:
+        query = {"$and": [query, where]}
     found = store.find(AUDIT_EVENT, query, sort=NEWEST_FIRST, limit=options["count"] + 1)
     page, more = found[:options["count"]], len(found) > options["count"]
     base_url = base_url.rstrip("/")

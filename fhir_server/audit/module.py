@@ -139,7 +139,8 @@ class Auditor:
                                          (actor.kind == "patient" and patient in access.patients))
         if not allowed:
             raise error(403, "forbidden", "Only the patient (or an auditor) may read the record's access history")
-        return Result(200, self.trail.access_history(patient, call.params, call.ctx.base_url))
+        where = self.server.interactions.read_filter(call.ctx, "AuditEvent")
+        return Result(200, self.trail.access_history(patient, call.params, call.ctx.base_url, where))
 
 
 def audited(write: Callable[[], T]) -> T:

@@ -173,9 +173,10 @@ class AuditTrail:
         of each."""
         return verify_chains(self.store, patient)
 
-    def access_history(self, patient: str, params: list[tuple[str, str]], base_url: str) -> dict:
+    def access_history(self, patient: str, params: list[tuple[str, str]], base_url: str,
+                       where: dict | None = None) -> dict:
         """The Bundle answering `GET Patient/[id]/$access-history` (see `history.py`)."""
-        return access_history(self.store, patient, params, base_url)
+        return access_history(self.store, patient, params, base_url, where)
 
 
 def _recorded(resource: dict, fallback: datetime) -> datetime:

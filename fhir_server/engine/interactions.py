@@ -192,6 +192,10 @@ class Interactions:
             if if_match:
                 raise precondition_failed(f"{resource_type}/{resource_id} does not exist; If-Match cannot hold")
             latest = self.store.latest_version(resource_type, resource_id, session)
+            if latest is not None and self.store.latest_version(
+                    resource_type, resource_id, session, self.read_filter(ctx, resource_type)) is None:
+                # a deleted resource the caller may not see: its history may not be taken over
+                raise not_found(f"{resource_type}/{resource_id} does not exist")
             version = latest["ver"] + 1 if latest else 1
             return self._store_new(resource_type, resource_id, resource, ctx, session, version)
         self._check_if_match(current, if_match)
@@ -344,7 +348,7 @@ class Interactions:
                 raise not_found(f"{resource_type}/{resource_id} does not exist")
         if options["since"]:
             query["lastUpdated"] = {"$gte": options["since"]}
-        where = self.read_filter(ctx, resource_type or "")
+        where = self.read_filter(ctx, resource_type) if resource_type else self._history_filter(ctx)
         if where is not None:
             query = {"$and": [query, where]} if query else where
         count = options["count"]
@@ -400,6 +404,12 @@ class Interactions:
         if self.policy is None or ctx.access is None:
             return None
         return self.policy.read_filter(ctx.access, resource_type)
+
+    def _history_filter(self, ctx: RequestContext) -> dict | None:
+        """The access filter of a system-level history (versions of every type)."""
+        if self.policy is None or ctx.access is None:
+            return None
+        return self.policy.history_filter(ctx.access)
 
     def _guard(self, ctx: RequestContext, resource_type: str, interaction: str) -> None:
         if self.policy is not None and ctx.access is not None:

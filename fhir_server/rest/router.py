@@ -71,9 +71,11 @@ class Router:
     def _dispatch(self, request: HttpRequest, ctx: RequestContext, fmt: str, pretty: bool) -> HttpResponse:
         segments = [s for s in request.path.strip("/").split("/") if s]
         method = "GET" if request.method == "HEAD" else request.method
-        if not _is_public(segments, method):
-            actor = self.server.authenticator.authenticate(request.headers.get("authorization"))
-            self.server.context_for(ctx, actor)
+        # A public request still gets (anonymous) access data: what an `_include`, a chain or a
+        # `_has` of a conformance search could reach beyond conformance resources stays hidden.
+        actor = None if _is_public(segments, method) else \
+            self.server.authenticator.authenticate(request.headers.get("authorization"))
+        self.server.context_for(ctx, actor)
         query = [(k, v) for k, v in request.query if k not in FORMAT_PARAMS]
         server = self.server
         interactions = server.interactions
