@@ -246,7 +246,7 @@ def _patients_to_tell(event: WriteEvent) -> list[str]:
     """The patients of the record(s) the resource belongs to, except when it is hidden from the
     patient (INVISIBLE_PATIENT: telling would reveal it) and except the patient who wrote it."""
     acl = event.acl or {}
-    if INVISIBLE in acl.get("own", []):
+    if INVISIBLE in acl.get("deny", []):
         return []
     access = event.ctx.access
     writers = set(access.patients) if access is not None else set()

@@ -14,12 +14,12 @@ MOMENT = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
 
 
 def event(resource: dict | None, old: dict | None = None, patients: list[str] | None = None,
-          own: list[str] | None = None, writer_patients: list[str] | None = None) -> WriteEvent:
+          deny: list[str] | None = None, writer_patients: list[str] | None = None) -> WriteEvent:
     ctx = RequestContext(base_url="http://x/fhir")
     if writer_patients is not None:
         ctx.access = RequestAccess(actor=None, patients=writer_patients)
     source = resource or old
-    acl = {"patients": patients or ["Patient/1"], "own": own or []}
+    acl = {"patients": patients or ["Patient/1"], "deny": deny or []}
     return WriteEvent(ctx, "create" if old is None else "update", source["resourceType"], source["id"], old,
                       resource, acl, 1 if old is None else 2)
 
@@ -59,7 +59,7 @@ def test_replacement_on_create_and_on_update():
 def test_no_document_notice():
     assert notices_for_write(event(doc(), old=doc())) == []                          # ordinary update
     assert notices_for_write(event(doc(status="entered-in-error"))) == []
-    assert notices_for_write(event(doc(), own=[INVISIBLE])) == []                    # hidden from the patient
+    assert notices_for_write(event(doc(), deny=[INVISIBLE])) == []                    # hidden from the patient
     assert notices_for_write(event(doc(), writer_patients=["Patient/1"])) == []     # the patient wrote it
     assert notices_for_write(event(None, old=doc())) == []                           # deletion
 
