@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from fhir_server.audit.immutable import refuse_change
 from fhir_server.audit.record import AuditRecord
 from fhir_server.audit.trail import AUDIT_INDEXES, AuditChainConflict, AuditTrail
-from fhir_server.engine.errors import FhirError, error
+from fhir_server.engine.errors import FhirError, error, transient
 from fhir_server.engine.interactions import WriteEvent
 from fhir_server.engine.model import RequestContext, Result
 from fhir_server.engine.operations import Operation, OperationCall
@@ -153,10 +153,8 @@ def audited(write: Callable[[], T]) -> T:
 
 
 def audit_busy() -> FhirError:
-    failure = error(503, "transient", "The audit trail of this record is busy and the access could not be "
-                    f"recorded, so it was not performed; retry in {RETRY_AFTER_SECONDS} second(s)")
-    failure.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return failure
+    return transient("The audit trail of this record is busy and the access could not be recorded, so it was not "
+                     f"performed; retry in {RETRY_AFTER_SECONDS} second(s)", RETRY_AFTER_SECONDS)
 
 
 PATIENT_SCOPED = frozenset({"patient", "entity", "_id", "patient:identifier", "entity:identifier"})

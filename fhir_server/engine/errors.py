@@ -62,6 +62,13 @@ def conflict(diagnostics: str, *expression: str) -> FhirError:
     return error(409, "conflict", diagnostics, *expression)
 
 
+def transient(diagnostics: str, retry_after_seconds: int = 1) -> FhirError:
+    """503 with Retry-After: nothing was done, and the same request may succeed shortly."""
+    failure = error(503, "transient", diagnostics)
+    failure.headers["Retry-After"] = str(retry_after_seconds)
+    return failure
+
+
 def precondition_failed(diagnostics: str) -> FhirError:
     return error(412, "conflict", diagnostics)
 

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fhir_server.access.policy import CONFORMANCE_TYPES
-from fhir_server.engine.errors import FhirError, bad_request, error, operation_outcome
+from fhir_server.engine.errors import FhirError, bad_request, error, operation_outcome, transient
 from fhir_server.engine.model import RequestContext, Result, etag, parse_etag
 from fhir_server.engine.operations import OperationCall
 from fhir_server.rest.negotiation import (
@@ -25,6 +25,7 @@ from fhir_server.rest.negotiation import (
     response_format,
 )
 from fhir_server.server import FhirServer
+from fhir_server.storage import StorageBusy
 
 FORMAT_PARAMS = {"_format", "_pretty"}
 XML_PATCH = "application/xml-patch+xml"        # RFC 5261
@@ -61,7 +62,11 @@ class Router:
         pretty = _param(request.query, "_pretty") == "true"
         ctx = _context(request)
         try:
-            return self._dispatch(request, ctx, fmt, pretty)
+            try:
+                return self._dispatch(request, ctx, fmt, pretty)
+            except StorageBusy as busy:
+                raise transient("The database kept meeting concurrent writes on the same data and gave up; "
+                                "nothing was written, retry shortly") from busy
         except FhirError as exc:
             if not ctx.observed:
                 self.server.observe_refusal(ctx, request.method, request.path, request.query, exc)

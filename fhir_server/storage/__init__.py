@@ -10,6 +10,6 @@ Every version (deletes included, as tombstones) is also a document of the `_hist
     {"_id": "Type/id/ver", "type", "id", "ver", "method", "lastUpdated", "resource" | None}
 """
 
-from fhir_server.storage.mongo import MongoStore, Session, StorageConflict
+from fhir_server.storage.mongo import MongoStore, Session, StorageBusy, StorageConflict
 
-__all__ = ["MongoStore", "Session", "StorageConflict"]
+__all__ = ["MongoStore", "Session", "StorageBusy", "StorageConflict"]

@@ -26,7 +26,7 @@ import pymongo
 from bson.codec_options import CodecOptions, TypeCodec, TypeRegistry
 from bson.decimal128 import Decimal128
 from pymongo.client_session import ClientSession
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 HISTORY = "_history"
 META = "_meta"
@@ -34,6 +34,14 @@ META = "_meta"
 
 class StorageConflict(Exception):
     """A concurrent writer changed the resource first (optimistic concurrency)."""
+
+
+class StorageBusy(Exception):
+    """A transaction kept meeting transient conflicts until the driver's retry time ran out:
+    nothing was written, and the same request may succeed a moment later."""
+
+
+TRANSIENT_LABELS = ("TransientTransactionError", "UnknownTransactionCommitResult")
 
 
 class _DecimalCodec(TypeCodec):
@@ -121,7 +129,12 @@ class MongoStore:
         if not self.supports_transactions:
             return action(None)
         with self.client.start_session() as session:
-            return session.with_transaction(action)
+            try:
+                return session.with_transaction(action)
+            except PyMongoError as exc:
+                if any(exc.has_error_label(label) for label in TRANSIENT_LABELS):
+                    raise StorageBusy(str(exc)) from exc
+                raise
 
     # -- current versions --------------------------------------------------------------------
     def get(self, resource_type: str, resource_id: str, session: Session = None,
