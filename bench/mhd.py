@@ -2,8 +2,8 @@
 
 - ITI-65 Provide Document Bundle throughput: bundles/s, each with one ~200 KB PDF (submission set
   + document entry + Binary; profiles, size and SHA-1 checked; stored with history and audit);
-- ITI-67 Find Document References latency for a patient with 500 documents, as a professional
-  (access filter on): the first page, a filtered search, and all 500 entries in one page;
+- ITI-67 Find Document References latency for a patient with 500 documents (`--documents`), as a
+  professional (access filter on): the first page, a filtered search, and all of them in one page;
 - ITI-68 Retrieve Document of one of them.
 
 `python -m bench.mhd [--bundles N] [--documents N]`
@@ -56,19 +56,31 @@ def provide_bundle(template: dict, title: str, size: int = PDF_BYTES) -> dict:
 
 
 class Failures:
-    """Server errors are counted, not raised: under 8 concurrent clients on one patient the audit
-    chain of that patient is contended, and a run should say how often that fails."""
+    """Server errors and broken connections are counted, not raised: under 8 concurrent clients on one
+    patient the audit chain of that patient is contended, and a run should say how often that fails
+    (and, for a connection reset, which request it hit) rather than stop."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.transport: list[str] = []
         self.lock = threading.Lock()
 
-    def check(self, response: httpx.Response) -> None:
+    def check(self, send: Callable[[], httpx.Response]) -> None:
+        try:
+            response = send()
+        except httpx.TransportError as exc:
+            with self.lock:
+                self.transport.append(f"{type(exc).__name__}: {exc} ({exc.request.method} {exc.request.url})")
+            return
         if response.status_code >= 500:
             with self.lock:
                 self.count += 1
             return
         response.raise_for_status()
+
+    def report(self) -> str:
+        lines = [f"server errors (5xx): {self.count}; broken connections: {len(self.transport)}"]
+        return "\n".join(lines + [f"  {message}" for message in self.transport[:5]])
 
 
 def provide_throughput(base: str, headers: dict[str, str], template: dict, bundles: int,
@@ -79,7 +91,7 @@ def provide_throughput(base: str, headers: dict[str, str], template: dict, bundl
     def provide(i: int) -> None:
         if not hasattr(local, "client"):
             local.client = httpx.Client(base_url=base, timeout=120, headers=headers)
-        failures.check(local.client.post("", content=prepared[i]))
+        failures.check(lambda: local.client.post("", content=prepared[i]))
 
     return run_concurrently(f"ITI-65 provide (1 x {PDF_BYTES // 1024} KB PDF)", clients, bundles, provide)
 
@@ -106,7 +118,7 @@ def populate(base: str, headers: dict[str, str], template: dict, documents: int)
             http.post("", json=bundle).raise_for_status()
 
 
-def find_latencies(base: str, headers: dict[str, str], patient: str, operations: int,
+def find_latencies(base: str, headers: dict[str, str], patient: str, documents: int, operations: int,
                    failures: Failures) -> list[Figures]:
     local = threading.local()
 
@@ -117,7 +129,7 @@ def find_latencies(base: str, headers: dict[str, str], patient: str, operations:
 
     def search(params: dict) -> Callable[[int], None]:
         def run(_: int) -> None:
-            failures.check(http().get("/DocumentReference", params=params))
+            failures.check(lambda: http().get("/DocumentReference", params=params))
         return run
 
     mine = {"patient": patient, "status": "current"}
@@ -125,7 +137,7 @@ def find_latencies(base: str, headers: dict[str, str], patient: str, operations:
     binary = first["entry"][0]["resource"]["content"][0]["attachment"]["url"]
 
     def retrieve(_: int) -> None:
-        failures.check(http().get(f"/{binary}", headers={"Accept": "application/pdf"}))
+        failures.check(lambda: http().get(f"/{binary}", headers={"Accept": "application/pdf"}))
 
     rows = []
     for clients in (1, 8):
@@ -133,8 +145,8 @@ def find_latencies(base: str, headers: dict[str, str], patient: str, operations:
             run_concurrently("ITI-67 patient+status, 1st page (20)", clients, operations, search(mine)),
             run_concurrently("ITI-67 + type + date range", clients, operations, search(
                 {**mine, "type": "http://loinc.org|34112-3", "date": "ge2026-06-01"})),
-            run_concurrently("ITI-67 all 500 in one page", clients, max(20, operations // 5),
-                             search({**mine, "_count": "500"})),
+            run_concurrently(f"ITI-67 all {documents} in one page", clients, max(20, operations // 5),
+                             search({**mine, "_count": str(documents)})),
             run_concurrently("ITI-68 retrieve (2 KB PDF)", clients, operations, retrieve),
         ]
     return rows
@@ -155,7 +167,7 @@ def main(bundles: int = 200, documents: int = 500, operations: int = 200) -> Non
         print(HEADER)
         for figures in rows:
             print(figures.row())
-        print(f"server errors (5xx): {failures.count}")
+        print(failures.report())
 
 
 def run_workloads(base: str, issuer: BenchIssuer, template: dict, bundles: int, documents: int, operations: int,
@@ -170,7 +182,7 @@ def run_workloads(base: str, issuer: BenchIssuer, template: dict, bundles: int, 
     httpx.put(f"{base}/Patient/bench-other", json=other_patient, headers=system, timeout=60).raise_for_status()
     populate(base, system, json.loads(json.dumps(template).replace("exemple-patient-ins", "bench-other")), documents)
     searcher = issuer.headers(devissuer.practitioner_claims("10199999999", "10"))
-    return rows + find_latencies(base, searcher, "Patient/bench-other", operations, failures)
+    return rows + find_latencies(base, searcher, "Patient/bench-other", documents, operations, failures)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ SEARCH_NOTES = {
                                           "(Practitioner, Patient, RelatedPerson, or PractitionerRole's Practitioner)",
                           "author-family": "ITI-67: sent as author.family; family name of a contained author"},
     "List": {"patient": "ITI-66: required for MHD lists (or patient.identifier)",
-             "status": "ITI-66: required for MHD lists"},
+             "status": "ITI-66: required for MHD lists",
+             "authorOrg": "ITI-66: the ihe-authorOrg extension on List.source; a contained organisation is "
+                          "searched by identifier (authorOrg:identifier=[system]|[value])"},
 }
 
 

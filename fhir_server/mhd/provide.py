@@ -19,10 +19,12 @@ Steps 1 and 2 are the provide-bundle profile's rules (closed slicing by profile 
 applied entry by entry: validating the whole bundle against that profile gives the same verdict,
 with messages that only say "matches none of the slices", at ten times the cost.
 
-The bundle handed back to the engine differs in three ways: each Binary of a document entry gets
+The bundle handed back to the engine differs in four ways: each Binary of a document entry gets
 `securityContext` = that entry (see binary_access.py), unless the client set one; each document
 entry, submission set and folder without an entryUUID gets one (entry_uuid.py; a folder's new
-version keeps the stored one); the submission set lists the stored documents newly filed in folders.
+version keeps the stored one); the submission set lists the stored documents newly filed in folders;
+its `authorOrg` naming a contained Organization gets that organisation's identifier too, by which
+`authorOrg` searches find it (submission_source.py).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from fhir_server.mhd.entry_uuid import entry_uuid_identifiers, entry_uuid_proble
 from fhir_server.mhd.fhir_documents import MEDIA_TYPES, document_facts, document_id, is_fhir_document
 from fhir_server.mhd.folders import FindIds, FolderEntry, FolderFiling, ReadResource
 from fhir_server.mhd.profiles import ProfileCheck
+from fhir_server.mhd.submission_source import with_author_org_identifier
 
 # Entry kinds of a provide bundle (the slices of the MHD / PDSm provide-bundle profile).
 SUBMISSION_SET, DOCUMENT_REFS, UPDATE_DOCUMENT_REFS = "SubmissionSet", "DocumentRefs", "UpdateDocumentRefs"
@@ -138,7 +141,8 @@ class ProvideBundleChecks:
         self._unique_entry_uuids(check)
         self._folder_filing(check)
         check.fail_if_any()
-        return _with_refiling(_with_entry_uuids(_with_security_contexts(check), check), check)
+        bundle = _with_entry_uuids(_with_security_contexts(check), check)
+        return _with_refiling(_with_author_org_identifier(bundle, check), check)
 
     # -- 1. closed slicing --------------------------------------------------------------------------
     def _entry_kinds(self, check: _Check) -> None:
@@ -400,6 +404,20 @@ def _with_entry_uuids(bundle: dict, check: _Check) -> dict:
         resource = with_entry_uuid(raw["resource"], check.kept_entry_uuids.get(entry.index))
         if resource is not raw["resource"]:
             raw_entries[entry.index] = {**raw, "resource": resource}
+    return {**bundle, "entry": raw_entries}
+
+
+def _with_author_org_identifier(bundle: dict, check: _Check) -> dict:
+    """The bundle whose submission set names its contained author organisation by identifier too."""
+    sets = check.of_kind(SUBMISSION_SET)
+    if len(sets) != 1:
+        return bundle
+    raw_entries = list(bundle.get("entry") or [])
+    raw = raw_entries[sets[0].index]
+    resource = with_author_org_identifier(raw["resource"])
+    if resource is raw["resource"]:
+        return bundle
+    raw_entries[sets[0].index] = {**raw, "resource": resource}
     return {**bundle, "entry": raw_entries}
 
 

@@ -29,9 +29,10 @@ from fhir_server.engine.model import RequestContext, Result, instant, now
 from fhir_server.mhd import canonical
 from fhir_server.mhd.actors import actor_kind
 from fhir_server.mhd.config import MhdSettings
-from fhir_server.mhd.documents import as_list, attachments, decode_base64, master_identifier, sha1_base64
+from fhir_server.mhd.documents import attachments, decode_base64, master_identifier, sha1_base64
 from fhir_server.mhd.patient_documents import PatientDocuments
 from fhir_server.mhd.profiles import ProfileCheck
+from fhir_server.mhd.submission_source import submission_source
 
 RunTransaction = Callable[[dict, RequestContext], dict]
 FindIds = Callable[[str, list[tuple[str, str]]], list[str]]
@@ -99,14 +100,15 @@ class SimplifiedPublish:
                     "DocumentReference.masterIdentifier")
 
     def _submission_set(self, document: dict) -> dict:
-        """The submission set of a simplified publication: submitted now, by the entry's first author."""
-        author = _contained_author(document)
+        """The submission set of a simplified publication: submitted now, by the entry's first author
+        (as a source PDSm accepts, see submission_source.py)."""
+        source = submission_source(document)
         context = document.get("context") or {}
         designation = context.get("practiceSetting") or context.get("facilityType")
-        submission: dict = {
+        return {
             "resourceType": "List",
             "meta": {"profile": [canonical.SUBMISSION_SET]},
-            "contained": [author] if author else [],
+            "contained": source.contained,
             "extension": [
                 {"url": canonical.DESIGNATION_TYPE, "valueCodeableConcept": designation},
                 {"url": canonical.SOURCE_ID, "valueIdentifier": {"system": canonical.RFC3986,
@@ -119,9 +121,8 @@ class SimplifiedPublish:
             "code": {"coding": [{"system": canonical.LIST_TYPES, "code": canonical.SUBMISSIONSET_CODE}]},
             "subject": document["subject"],
             "date": instant(now()),
-            "source": {"reference": f"#{author['id']}"} if author else document["author"][0],
+            "source": source.reference,
         }
-        return submission
 
 
 def comprehensive(document: dict, content: bytes, binary_url: str) -> dict:
@@ -169,16 +170,6 @@ def _check_declared(attachment: dict, content: bytes, expression: str) -> None:
     if "hash" in attachment and attachment["hash"] != sha1_base64(content):
         raise error(422, "value", f"{expression}.hash is not the SHA-1 of the document in data "
                     f"({sha1_base64(content)})", f"{expression}.hash")
-
-
-def _contained_author(document: dict) -> dict | None:
-    """A copy of the first contained author, for the submission set's source."""
-    contained = {c.get("id"): c for c in as_list(document.get("contained")) if isinstance(c, dict)}
-    for author in as_list(document.get("author")):
-        reference = author.get("reference") if isinstance(author, dict) else None
-        if isinstance(reference, str) and reference.startswith("#") and reference[1:] in contained:
-            return copy.deepcopy(contained[reference[1:]])
-    return None
 
 
 def _as_posted(exc: FhirError) -> FhirError:

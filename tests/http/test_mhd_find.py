@@ -167,6 +167,38 @@ def test_find_lists_needs_patient_and_status(client, documents):
     assert client.get("/fhir/List", params={"patient": PATIENT_ID}).status_code == 200    # not an MHD search
 
 
+AUTHOR_ORG = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/ihe-authorOrg"
+CHU_IDNST = "urn:oid:1.2.250.1.71.4.2.2|1350000139"       # the contained authorOrg of the BIOLOGIE example
+
+
+def submission_sets(client, params: dict) -> list[dict]:
+    response = client.get("/fhir/List", params=params)
+    assert response.status_code == 200, response.text
+    return [e["resource"] for e in response.json().get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def test_find_submission_sets_by_contained_author_organisation(client, documents):
+    """The authorOrg extension sits on List.source (PDSm profile), its Organization contained: the
+    server names it by identifier in the reference, which authorOrg:identifier searches."""
+    found = submission_sets(client, {**MINE, "authorOrg:identifier": CHU_IDNST})
+    assert [s["entry"][0]["item"]["reference"] for s in found] == [f"DocumentReference/{documents[BIOLOGIE]['id']}"]
+    author_org = found[0]["source"]["extension"][0]
+    assert author_org["url"] == AUTHOR_ORG
+    assert author_org["valueReference"] == {"reference": "#organisation-auteur", "identifier": {
+        "system": "urn:oid:1.2.250.1.71.4.2.2", "value": "1350000139"}}
+    assert submission_sets(client, {**MINE, "authorOrg:identifier": "urn:oid:1.2.250.1.71.4.2.2|1999999999"}) == []
+
+
+def test_find_submission_sets_by_author_organisation_reference(client, documents):
+    bundle = for_patient(fresh(example(ORDONNANCE)), OTHER_PATIENT_ID)
+    entry_of(bundle, "List")["resource"]["source"]["extension"] = [
+        {"url": AUTHOR_ORG, "valueReference": {"reference": "Organization/cabinet-bertrand"}}]
+    document = provided_document(client, bundle)
+    found = submission_sets(client, {"patient": OTHER_PATIENT_ID, "status": "current",
+                                     "authorOrg": "Organization/cabinet-bertrand"})
+    assert [s["entry"][0]["item"]["reference"] for s in found] == [f"DocumentReference/{document['id']}"]
+
+
 # -- author.given / author.family (the author is contained) --------------------------------------------
 THEIRS = {"patient": OTHER_PATIENT_ID, "status": "current"}
 
@@ -271,4 +303,7 @@ def test_capability_statement_declares_the_author_name_parameters(client):
     documents = next(r for r in rest["resource"] if r["type"] == "DocumentReference")
     notes = {p["name"]: p.get("documentation", "") for p in documents["searchParam"]}
     assert "author.given" in notes["author-given"] and "author.family" in notes["author-family"]
+    lists = next(r for r in rest["resource"] if r["type"] == "List")
+    assert "authorOrg:identifier" in next(p.get("documentation", "") for p in lists["searchParam"]
+                                          if p["name"] == "authorOrg")
     assert "application/xml-patch+xml" in statement["patchFormat"]

@@ -170,6 +170,74 @@ def test_professional_publishes_with_their_token(client, issuer_dir):
     assert response.status_code == 201, response.text
 
 
+# -- the submission set's source (PDSm: a contained PractitionerRole, Device or Patient) ---------------------
+SEGUR_AUTHOR = {"resourceType": "Practitioner", "id": "practitioner-author",
+                "identifier": [{"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "8" + GP}],
+                "name": [{"family": "Bertrand", "given": ["Hélène"], "prefix": ["Dr"]}]}
+
+
+def submission_set_of(client, stored: dict, headers: dict | None = None) -> dict:
+    response = client.get("/fhir/List", headers=headers or {}, params={
+        "patient": stored["subject"]["reference"], "status": "current", "code": "submissionset",
+        "item": f"DocumentReference/{stored['id']}"})
+    assert response.status_code == 200, response.text
+    [entry] = response.json()["entry"]
+    return entry["resource"]
+
+
+def source_of(submission: dict) -> dict:
+    return next(c for c in submission["contained"] if f"#{c['id']}" == submission["source"]["reference"])
+
+
+def contained_of(submission: dict, reference: str) -> dict:
+    return next(c for c in submission["contained"] if f"#{c['id']}" == reference)
+
+
+def test_contained_practitioner_author_is_the_practitioner_of_a_role_source(client, issuer_dir):
+    """The usual Ségur payload (author = contained Practitioner): PDSm wants a PractitionerRole as the
+    submission set source, which names a contained copy of the Practitioner."""
+    document = professional_publication(pdf("CR (auteur Practitioner)"), contained=[copy.deepcopy(SEGUR_AUTHOR)],
+                                        author=[{"reference": "#practitioner-author"}])
+    response = publish(client, document, doctor(issuer_dir, GP))
+    assert response.status_code == 201, response.text
+    submission = submission_set_of(client, response.json(), doctor(issuer_dir, GP))     # the author reads it
+    role = source_of(submission)
+    assert role["resourceType"] == "PractitionerRole"
+    assert role["practitioner"]["identifier"] == SEGUR_AUTHOR["identifier"][0]
+    assert contained_of(submission, role["practitioner"]["reference"]) == SEGUR_AUTHOR
+
+
+def test_practitioner_known_to_the_server_is_the_practitioner_of_a_role_source(client):
+    assert client.put("/fhir/Practitioner/dr-bertrand", json={**SEGUR_AUTHOR, "id": "dr-bertrand"}).status_code in (
+        200, 201)
+    document = professional_publication(pdf("CR (auteur Practitioner/[id])"), author=[
+        {"reference": "Practitioner/dr-bertrand"}], contained=[{"resourceType": "Patient", "id": "patient-source"}])
+    document["context"]["sourcePatientInfo"] = {"reference": "#patient-source"}
+    response = publish(client, document)
+    assert response.status_code == 201, response.text
+    role = source_of(submission_set_of(client, response.json()))
+    assert role["resourceType"] == "PractitionerRole"
+    assert role["practitioner"] == {"reference": "Practitioner/dr-bertrand"}
+
+
+def test_role_author_brings_its_contained_practitioner_along(client):
+    role = {"resourceType": "PractitionerRole", "id": "auteur", "practitioner": {"reference": "#ps"}}
+    document = professional_publication(pdf("CR (auteur PractitionerRole)"),
+                                        contained=[role, {**copy.deepcopy(SEGUR_AUTHOR), "id": "ps"}])
+    response = publish(client, document)
+    assert response.status_code == 201, response.text
+    submission = submission_set_of(client, response.json())
+    assert source_of(submission) == role
+    assert contained_of(submission, "#ps")["identifier"] == SEGUR_AUTHOR["identifier"]
+
+
+def test_patient_author_is_the_source(client, issuer_dir):
+    response = publish(client, photo(), patient(issuer_dir))
+    assert response.status_code == 201, response.text
+    author = source_of(submission_set_of(client, response.json()))
+    assert author["resourceType"] == "Patient" and author["identifier"][0]["value"] == "284037512345642"
+
+
 # -- the patient's own documents ------------------------------------------------------------------------------
 def test_example_patient_photo(client, issuer_dir):
     response = publish(client, photo(), patient(issuer_dir))
