@@ -18,7 +18,7 @@ from tests.documents import pdsm_document
 
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 RPPS = "https://rpps.esante.gouv.fr"
-PATIENT_INS = "284037512345642"
+PATIENT_INS = "284037512345640"
 DOCTOR = "10000000001"
 QUERY = {"patient": "bench-patient", "status": "current"}
 

@@ -15,7 +15,7 @@ from bench.harness import HEADER, Figures, database, run_concurrently, server
 
 PATIENT = {
     "resourceType": "Patient",
-    "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "284037512345642"}],
+    "identifier": [{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": "284037512345640"}],
     "name": [{"use": "official", "family": "Lefèvre", "given": ["Élodie", "Marie"]}],
     "telecom": [{"system": "phone", "value": "+33 6 12 34 56 78"}],
     "gender": "female",

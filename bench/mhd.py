@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "mhd" / "01-iti65-cr-hospitalisation.json"
 PATIENT = ROOT / "examples" / "patient-ins.json"
 PDF_BYTES = 200 * 1024
-AUTHOR_RPPS = "10101234567"            # the contained author of the example bundle
+AUTHOR_RPPS = "10101234564"            # the contained author of the example bundle
 
 
 def provide_bundle(template: dict, title: str, size: int = PDF_BYTES) -> dict:

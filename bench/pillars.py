@@ -28,7 +28,7 @@ SECTION_OF = {"Condition": "11450-4", "AllergyIntolerance": "48765-2", "Medicati
 SECTION_DISPLAY = {"11450-4": "Problem list - Reported", "48765-2": "Allergies and adverse reactions Document",
                    "10160-0": "History of Medication use Narrative", "47519-4": "History of Procedures Document",
                    "46264-8": "History of medical device use"}
-DOCTOR_RPPS = "10003456789"
+DOCTOR_RPPS = "10003456786"
 NARRATIVE = {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml"><p>Synthèse</p></div>'}
 
 

@@ -15,7 +15,7 @@ RPPS = "https://rpps.esante.gouv.fr"
 CLASS = "https://espace.example.org/fhir/CodeSystem/document-class"
 VISIBILITY = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
 
-INS_A, INS_B, INS_C = "284037512345642", "190017512345678", "275127512345611"
+INS_A, INS_B, INS_C = "284037512345640", "190017512345678", "275127512345611"
 DOCTOR, PHYSIO, BLOCKED, AUTHORISED = "10000000001", "10000000002", "10000000003", "10000000004"
 
 

@@ -17,7 +17,7 @@ INS = "urn:oid:1.2.250.1.213.1.4.8"
 REMINDER = "https://espace.example.org/fhir/CodeSystem/prevention-reminder"
 CATHERINE_INS = "273063523804229"
 SOPHIE_INS = "274027511200033"
-DOCTOR_RPPS = "10003456789"
+DOCTOR_RPPS = "10003456786"
 DOCTOR = {"reference": "Practitioner/exemple-medecin-generaliste"}
 ON = "2026-11-25"
 

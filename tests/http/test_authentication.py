@@ -158,8 +158,8 @@ def cli_token(monkeypatch, capsys, issuer_dir, *args: str) -> str:
 def test_cli_tokens_are_trusted_by_a_server_configured_for_the_dev_issuer(client, issuer_dir, monkeypatch, capsys):
     authenticator = Authenticator([dev_issuer(issuer_dir)])
     patient_actor = authenticator.authenticate("Bearer " + cli_token(monkeypatch, capsys, issuer_dir, "patient",
-                                                                     "--ins", "284037512345642"))
-    assert (patient_actor.kind, patient_actor.ins) == ("patient", "284037512345642")
+                                                                     "--ins", "284037512345640"))
+    assert (patient_actor.kind, patient_actor.ins) == ("patient", "284037512345640")
     professional = authenticator.authenticate("Bearer " + cli_token(
         monkeypatch, capsys, issuer_dir, "practitioner", "--rpps", "10000000001", "--profession", "70",
         "--organization", "130000001", "--purpose-of-use", "ETREAT"))

@@ -17,8 +17,8 @@ from tests.http.conftest import bearer, issue_expressions
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 RPPS = "https://rpps.esante.gouv.fr"
-ELODIE_INS, OTHER_INS = "284037512345642", "190017512345678"
-BERTRAND_RPPS, CARDIO_RPPS, KINE_RPPS = "10003456789", "10004567890", "10005678901"
+ELODIE_INS, OTHER_INS = "284037512345640", "190017512345678"
+BERTRAND_RPPS, CARDIO_RPPS, KINE_RPPS = "10003456786", "10004567890", "10005678901"
 ELODIE = {"reference": "Patient/exemple-patient-ins"}
 BERTRAND = {"reference": "Practitioner/exemple-medecin-generaliste"}
 CARDIO = {"reference": "Practitioner/messagerie-cardiologue"}

@@ -206,11 +206,11 @@ THEIRS = {"patient": OTHER_PATIENT_ID, "status": "current"}
 @pytest.fixture(scope="module")
 def authored(client, documents) -> dict[str, str]:
     """Documents of the second patient by named, contained authors; name -> DocumentReference id."""
-    jean = with_author(fresh(example(ORDONNANCE)), practitioner_role("auteur", "ps", "10003456789"),
-                       practitioner("ps", "Jean", "Dupont", "10003456789"))
-    jeanne = with_author(fresh(example(BIOLOGIE)), practitioner("auteur", "Jeanne", "Dupond", "10107654321"))
-    helene = with_author(fresh(example(CR)), practitioner_role("role", "ps", "10101234567"),
-                         practitioner("ps", "Hélène", "Lefèvre", "10101234567"))
+    jean = with_author(fresh(example(ORDONNANCE)), practitioner_role("auteur", "ps", "10003456786"),
+                       practitioner("ps", "Jean", "Dupont", "10003456786"))
+    jeanne = with_author(fresh(example(BIOLOGIE)), practitioner("auteur", "Jeanne", "Dupond", "10107654328"))
+    helene = with_author(fresh(example(CR)), practitioner_role("role", "ps", "10101234564"),
+                         practitioner("ps", "Hélène", "Lefèvre", "10101234564"))
     # the validating professional is contained too, but is no author
     validator = practitioner("validateur", "Zoé", "Martin", "10199999999")
     document = entry_of(helene, "DocumentReference")["resource"]

@@ -230,7 +230,7 @@ def test_unique_master_identifier(client):
 
 def test_conditional_subject_is_resolved_by_ins(client):
     bundle = fresh(example(BIOLOGIE))
-    ins = "Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|284037512345642"
+    ins = "Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|284037512345640"
     for entry in bundle["entry"]:
         if "subject" in entry["resource"]:
             entry["resource"]["subject"] = {"reference": ins}

@@ -159,7 +159,7 @@ def test_nothing_is_stored_when_publication_fails(client):
 
 def test_conditional_subject_is_resolved(client):
     document = professional_publication(pdf("Compte rendu"))
-    document["subject"] = {"reference": "Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|284037512345642"}
+    document["subject"] = {"reference": "Patient?identifier=urn:oid:1.2.250.1.213.1.4.8|284037512345640"}
     response = publish(client, document)
     assert response.status_code == 201, response.text
     assert response.json()["subject"]["reference"] == f"Patient/{PATIENT_ID}"
@@ -235,7 +235,7 @@ def test_patient_author_is_the_source(client, issuer_dir):
     response = publish(client, photo(), patient(issuer_dir))
     assert response.status_code == 201, response.text
     author = source_of(submission_set_of(client, response.json()))
-    assert author["resourceType"] == "Patient" and author["identifier"][0]["value"] == "284037512345642"
+    assert author["resourceType"] == "Patient" and author["identifier"][0]["value"] == "284037512345640"
 
 
 # -- the patient's own documents ------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_patient_publication_gets_the_patient_as_author(client, issuer_dir):
     stored = response.json()
     author = next(c for c in stored["contained"] if f"#{c['id']}" == stored["author"][0]["reference"])
     assert author["resourceType"] == "Patient"
-    assert author["identifier"][0]["value"] == "284037512345642"
+    assert author["identifier"][0]["value"] == "284037512345640"
     assert stored["context"]["practiceSetting"]["coding"][0]["system"] == A00
     assert stored["custodian"]["display"]
 

@@ -20,7 +20,7 @@ from tests.http.test_notify_support import (
     use_fast_worker,
 )
 
-INS_A, INS_B = "284037512345642", "190017512345678"
+INS_A, INS_B = "284037512345640", "190017512345678"
 DOCTOR, NURSE = "10000000101", "10000000102"
 
 

@@ -12,7 +12,7 @@ from tests.http.conftest import bearer
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 RPPS = "https://rpps.esante.gouv.fr"
 VISIBILITY = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument"
-INS_A, INS_B = "284037512345642", "190017512345678"
+INS_A, INS_B = "284037512345640", "190017512345678"
 DOCTOR = "10000000001"
 SYSTOLIC = "http://loinc.org|8480-6"
 SEARCH = f"/fhir/Observation?_contained=true&code={SYSTOLIC}&_total=accurate"

@@ -17,8 +17,8 @@ ATC = "http://www.whocc.no/atc"
 CIS = "https://smt.esante.gouv.fr/terminologie-bdpm"
 CHILD = "exemple-enfant-martin"
 CHILD_INS = "224117511234557"
-ELODIE_INS = "284037512345642"
-PEDIATRICIAN_RPPS = "10101010101"
+ELODIE_INS = "284037512345640"
+PEDIATRICIAN_RPPS = "10101010105"
 
 
 def example(name: str) -> dict:

@@ -16,8 +16,8 @@ from tests.http.conftest import bearer, issue_expressions
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 LOINC = "http://loinc.org"
-ELODIE_INS = "284037512345642"
-DOCTOR_RPPS = "10003456789"
+ELODIE_INS = "284037512345640"
+DOCTOR_RPPS = "10003456786"
 
 SECTIONS = {
     "problems": """
@@ -199,7 +199,7 @@ def test_the_summary_lists_them_by_section(world, imported):
     sections = {s["code"]["coding"][0]["code"]: s for s in composition["section"]}
     assert composition["subject"] == {"reference": "Patient/exemple-patient-ins"}
     assert composition["date"] == "2026-11-20T15:00:00+01:00"
-    assert composition["author"][0]["identifier"] == {"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "810003456789"}
+    assert composition["author"][0]["identifier"] == {"system": "urn:oid:1.2.250.1.71.4.2.1", "value": "810003456786"}
     assert [e["reference"].split("/")[0] for e in sections["11450-4"]["entry"]] == ["Condition"]
     assert sections["46264-8"]["emptyReason"]["coding"][0]["code"] == "nilknown"        # present, empty
     assert sections["47519-4"]["emptyReason"]["coding"][0]["code"] == "unavailable"     # absent from the CDA

@@ -17,9 +17,9 @@ from tests.http.conftest import bearer, issue_expressions
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 LOINC = "http://loinc.org"
-ELODIE_INS = "284037512345642"
+ELODIE_INS = "284037512345640"
 OTHER_INS = "190017512345678"
-DOCTOR_RPPS = "10003456789"
+DOCTOR_RPPS = "10003456786"
 VSM_TYPE = {"coding": [{"system": LOINC, "code": "60591-5", "display": "Patient summary Document"}]}
 EMPTY = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/list-empty-reason", "code": "nilknown"}]}
 SECTIONS = {

@@ -272,10 +272,10 @@ def test_requirements_configuration() -> None:
 
 
 # -- the audit trail's events ------------------------------------------------------------------------------
-DOCTOR = Actor("practitioner", "rpps-10003456789", Scopes.parse("user/*.cruds"), rpps="10003456789",
+DOCTOR = Actor("practitioner", "rpps-10003456786", Scopes.parse("user/*.cruds"), rpps="10003456786",
                profession="10", organization="350000139", purpose_of_use="TREAT", client_id="logiciel")
-PATIENT_ACTOR = Actor("patient", "patient-284037512345642", Scopes.parse("patient/*.cruds"),
-                      ins="284037512345642", client_id="appli-patient")
+PATIENT_ACTOR = Actor("patient", "patient-284037512345640", Scopes.parse("patient/*.cruds"),
+                      ins="284037512345640", client_id="appli-patient")
 SYSTEM = Actor("system", "batch", Scopes.parse("system/*.cruds"), client_id="batch")
 WHEN = datetime(2026, 11, 21, 9, 15, tzinfo=UTC)
 ME = "Patient/exemple-patient-ins"

@@ -320,7 +320,7 @@ def test_resolve_reads_the_store(resolving_validator: ProfileValidator, subject:
 
 def test_resolve_reads_the_bundle_entries(resolving_validator: ProfileValidator) -> None:
     entry = {"fullUrl": "urn:uuid:5d3c2b1a-0f9e-4d8c-b7a6-112233445566",
-             "resource": patient(identifier=[{"system": NIR, "value": "284037512345642"}], gender="female")}
+             "resource": patient(identifier=[{"system": NIR, "value": "284037512345640"}], gender="female")}
     result = observation(meta={"profile": [EX + "resultat-sexe"]}, subject={"reference": entry["fullUrl"]})
     bundle = {"resourceType": "Bundle", "type": "collection",
               "entry": [entry, {"fullUrl": "urn:uuid:5d3c2b1a-0f9e-4d8c-b7a6-112233445567", "resource": result}]}

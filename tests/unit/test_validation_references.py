@@ -132,7 +132,7 @@ def test_a_contained_aggregation_is_met_by_a_contained_target_only(validator: Pr
         "contained resource (aggregation), not to a resource outside the bundle")]
     assert [i for i in validator.validate(elsewhere) if i.severity == "error"] == []
     logical = an_aggregated_result(performer=[{"identifier": {"system": "https://rpps.esante.gouv.fr",
-                                                              "value": "10003456789"}}])
+                                                              "value": "10003456786"}}])
     assert aggregation_warnings(validator, logical) == []
 
 
