@@ -344,6 +344,10 @@ VALID_VARIANTS = [
     (CR, append(PATCH_ENTRY, "entry"), IHE + "IHE.MHD.Patch.Parameters"),
     (CR, FIND_DOCUMENTS, PDSM + "pdsm-find-documentreferences-comprehensive-response"),
     (CLASSEUR, FIND_LISTS, PDSM + "pdsm-find-lists-response"),
+    # a validated identity known by its INS-NIA alone: `temp` in FR Core 2.1.0, so no official identifier
+    ("patient-ins.json", put([{"use": "temp", "type": {"coding": [{"system": FR_CS, "code": "INS-NIA"}]},
+                               "system": "urn:oid:1.2.250.1.213.1.4.9", "value": "284037512345640"}], "identifier"),
+     "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient-ins"),
 ]
 # What must stay a warning: (example, mutation, expression, text of the warning)
 WARNINGS = [
