@@ -87,7 +87,7 @@ def _apply(provision: dict, state: ConsentState, contained: dict, resolve_keys) 
         return
     for actor in provision.get("actor", []) or []:
         reference = actor.get("reference") or {}
-        keys = keys_of_reference(reference, contained)
+        keys = keys_of_reference(reference, contained, role_organization=False)
         if resolve_keys is not None:
             keys |= resolve_keys(reference.get("reference"))
         (state.authorised if kind == "permit" else state.blocked).update(keys)

@@ -40,7 +40,7 @@ def identifier_key(identifier: dict) -> str | None:
     return None
 
 
-def keys_of_reference(reference: dict, contained: dict[str, dict]) -> set[str]:
+def keys_of_reference(reference: dict, contained: dict[str, dict], *, role_organization: bool = True) -> set[str]:
     """Every key a Reference names: the literal reference, its logical identifier, and the
     identifiers of a contained target."""
     keys: set[str] = set()
@@ -49,7 +49,7 @@ def keys_of_reference(reference: dict, contained: dict[str, dict]) -> set[str]:
         if literal.startswith("#"):
             target = contained.get(literal[1:])
             if target:
-                keys |= keys_of_resource(target)
+                keys |= keys_of_resource(target, role_organization=role_organization)
         else:
             keys.add("/".join(literal.split("/")[-2:]))
     identifier = reference.get("identifier")
@@ -60,10 +60,15 @@ def keys_of_reference(reference: dict, contained: dict[str, dict]) -> set[str]:
     return keys
 
 
-def keys_of_resource(resource: dict) -> set[str]:
+def keys_of_resource(resource: dict, *, role_organization: bool = True) -> set[str]:
+    """The keys of a Practitioner, Organization or PractitionerRole. A role names its
+    practitioner and, with `role_organization`, its organisation too: a document written in a
+    role belongs to both, but a Consent about a professional in a role concerns that
+    professional, not everyone of the organisation."""
     keys = {key for key in (identifier_key(i) for i in _identifiers(resource)) if key}
     if resource.get("resourceType") == "PractitionerRole":
-        for field in ("practitioner", "organization"):
+        fields = ("practitioner", "organization") if role_organization else ("practitioner",)
+        for field in fields:
             if isinstance(resource.get(field), dict):
                 keys |= keys_of_reference(resource[field], {})
     return keys

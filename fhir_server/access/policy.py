@@ -62,6 +62,14 @@ CONFORMANCE_TYPES = frozenset({
 PATIENT_ROLE = "1"                # object-role "Patient" of an AuditEvent entity
 CONTENT_TYPES = ("Binary", "Bundle")   # outside the compartment, but carry their document's `_acl`
 IDENTITY_CACHE_SECONDS = 30
+ACTOR_TYPES = frozenset({"Practitioner", "Organization", "PractitionerRole"})
+# Consent actors that stand for several professionals: their members, as References
+TEAM_MEMBERS: dict[str, Callable[[dict], list[dict]]] = {
+    "CareTeam": lambda team: [p["member"] for p in team.get("participant") or []
+                              if isinstance(p, dict) and isinstance(p.get("member"), dict)],
+    "Group": lambda group: [m["entity"] for m in group.get("member") or []
+                            if isinstance(m, dict) and isinstance(m.get("entity"), dict) and not m.get("inactive")],
+}
 PRIVATE_TO_PARTICIPANTS = frozenset({"Communication"})
 # Types whose read rule differs from the common one (see `read_filter`); "*" stands for any other
 # type (only a wildcard scope allows it).
@@ -282,16 +290,29 @@ class AccessPolicy:
         self.store.update_many("AuditEvent", with_patient, about, None)
         self.store.update_many("_history", {**with_patient, "type": "AuditEvent"}, about, None)
 
-    def _reference_keys(self, literal: str | None) -> set[str]:
-        """Identifier keys (RPPS, FINESS) of a Practitioner / Organization a Consent points at."""
+    def _reference_keys(self, literal: str | None, depth: int = 0) -> set[str]:
+        """Keys (references, RPPS, FINESS) of the professionals or organisations a Consent actor
+        points at: a Practitioner, an Organization, a PractitionerRole (its practitioner only), or
+        the members of a CareTeam or Group."""
         if not literal or "/" not in literal or literal.startswith("#"):
             return set()
         resource_type, _, resource_id = literal.rpartition("/")
         resource_type = resource_type.rsplit("/", 1)[-1]
-        if resource_type not in ("Practitioner", "Organization", "PractitionerRole"):
+        if resource_type not in ACTOR_TYPES and resource_type not in TEAM_MEMBERS:
             return set()
         doc = self.store.get(resource_type, resource_id)
-        return keys_of_resource(doc["resource"]) if doc else set()
+        if doc is None:
+            return set()
+        if resource_type in ACTOR_TYPES:
+            return keys_of_resource(doc["resource"], role_organization=False)
+        if depth > 0:                      # a team of teams is not followed further
+            return set()
+        contained = contained_by_id(doc["resource"])
+        keys: set[str] = set()
+        for member in TEAM_MEMBERS[resource_type](doc["resource"]):
+            keys |= keys_of_reference(member, contained, role_organization=False)
+            keys |= self._reference_keys(member.get("reference"), depth + 1)
+        return keys
 
     # -- request side -------------------------------------------------------------------------
     def request_access(self, actor: Actor | None) -> RequestAccess:
