@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_server import FHIR_VERSION
 from fhir_server.definitions import Definitions
-from fhir_server.engine.operations import OperationRegistry
+from fhir_server.engine.operations import Operation, OperationRegistry
 from fhir_server.search.query import RESULT_PARAMETERS_CAPABILITY
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def capability_statement(definitions: Definitions, search_params: dict[str, dict
         if sd.get("derivation") == "constraint" and sd.get("kind") == "resource" and \
                 not sd["url"].startswith("http://hl7.org/fhir/StructureDefinition/"):
             profiles_by_type.setdefault(sd["type"], []).append(sd["url"])
-    resources = [_resource_entry(t, search_params.get(t, {}), operations, profiles_by_type.get(t, []))
+    resources = [_resource_entry(t, search_params.get(t, {}), operations, profiles_by_type.get(t, []), definitions)
                  for t in definitions.resource_types]
     return {
         "resourceType": "CapabilityStatement",
@@ -53,7 +53,7 @@ def capability_statement(definitions: Definitions, search_params: dict[str, dict
 
 
 def _resource_entry(resource_type: str, params: dict[str, SearchParam], operations: OperationRegistry,
-                    profiles: list[str]) -> dict:
+                    profiles: list[str], definitions: Definitions) -> dict:
     entry: dict[str, Any] = {
         "type": resource_type,
         "profile": f"http://hl7.org/fhir/StructureDefinition/{resource_type}",
@@ -62,7 +62,7 @@ def _resource_entry(resource_type: str, params: dict[str, SearchParam], operatio
         "readHistory": True,
         "updateCreate": True,
         "conditionalCreate": True,
-        "conditionalRead": "not-supported",
+        "conditionalRead": "full-support",          # If-None-Match and If-Modified-Since: 304
         "conditionalUpdate": True,
         "conditionalDelete": "single",
         "referencePolicy": ["literal", "logical"],
@@ -72,10 +72,28 @@ def _resource_entry(resource_type: str, params: dict[str, SearchParam], operatio
     }
     if profiles:
         entry["supportedProfile"] = sorted(profiles)
-    ops = [{"name": op.name, "definition": op.definition} for op in operations.for_type(resource_type)]
+    ops = [{"name": op.name, "definition": _definition_for(op, resource_type, definitions)}
+           for op in operations.for_type(resource_type)]
     if ops:
         entry["operation"] = ops
     return entry
+
+
+def _definition_for(operation: Operation, resource_type: str, definitions: Definitions) -> str:
+    """The canonical of the operation's definition for this type. One operation registered for
+    several types names one core definition (`ValueSet-validate-code` for ValueSet and CodeSystem);
+    where that one does not apply to the type, the core definition of the same code that does
+    (`CodeSystem-validate-code`) is the truth."""
+    registered = definitions.operations.get(operation.definition)
+    if registered is None or _applies_to(registered, resource_type):
+        return operation.definition
+    return next((url for url, candidate in definitions.operations.items()
+                 if candidate.get("code") == operation.name and _applies_to(candidate, resource_type)),
+                operation.definition)
+
+
+def _applies_to(definition: dict, resource_type: str) -> bool:
+    return bool({resource_type, "Resource"} & set(definition.get("resource", [])))
 
 
 def _search_param(param: SearchParam) -> dict:

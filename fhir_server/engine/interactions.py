@@ -73,6 +73,7 @@ class WriteEvent:
     acl: dict | None                 # access data of the new (or, for a delete, the old) version
     version: int
     session: Session = None
+    old_acl: dict | None = None      # access data of the current version before the write
 
 
 WriteHook = Callable[[WriteEvent], None]
@@ -103,6 +104,7 @@ class Interactions:
         doc = self.store.get(resource_type, resource_id, session, where)
         if doc is None:
             raise self._missing(resource_type, resource_id, session, where)
+        ctx.read_acls[f"{resource_type}/{resource_id}"] = doc.get("_acl")
         return _result(200, doc["resource"], doc["_ver"], doc["_lastUpdated"])
 
     def vread(self, resource_type: str, resource_id: str, version: str, ctx: RequestContext) -> Result:
@@ -148,11 +150,25 @@ class Interactions:
                 return handled
         override = self.create_overrides.get(resource_type)
         if override is not None:
-            # the module stores it its own way, but the write rules (profiles...) still apply
-            self._run(self.write_rules, WriteEvent(ctx, "create", resource_type, str(resource.get("id", "")), None,
-                                                   resource, None, 1, session))
-            return override(resource, ctx, session)
+            return self._create_by_module(override, resource_type, resource, ctx, session)
         return self._store_new(resource_type, resource_id or new_id(), resource, ctx, session, version=1)
+
+    def _create_by_module(self, override: Callable[[dict, RequestContext, Session], Result], resource_type: str,
+                          resource: dict, ctx: RequestContext, session: Session) -> Result:
+        # the module stores it its own way, but the write rules (profiles...) still apply
+        self._run(self.write_rules, WriteEvent(ctx, "create", resource_type, str(resource.get("id", "")), None,
+                                               resource, None, 1, session))
+        return override(resource, ctx, session)
+
+    def _create_by_update(self, resource_type: str, resource_id: str, resource: dict, ctx: RequestContext,
+                          session: Session, version: int) -> Result:
+        """A resource created by an update (update-as-create, a conditional update matching
+        nothing): a type whose creates its module handles goes through the module as a POST would,
+        with the id asked for (an AuditEvent PUT joins the audit chain and its checks too)."""
+        override = self.create_overrides.get(resource_type)
+        if override is None:
+            return self._store_new(resource_type, resource_id, resource, ctx, session, version)
+        return self._create_by_module(override, resource_type, {**resource, "id": resource_id}, ctx, session)
 
     def _store_new(self, resource_type: str, resource_id: str, resource: dict, ctx: RequestContext,
                    session: Session, version: int) -> Result:
@@ -164,8 +180,8 @@ class Interactions:
         self._run(self.write_rules, event)
 
         def write(s: Session) -> None:
-            self.store.insert(resource_type, doc, s)
-            self.store.add_version(_version_entry(resource_type, doc, "POST" if version == 1 else "PUT"), s)
+            self.store.insert_with_version(resource_type, doc,
+                                           _version_entry(resource_type, doc, "POST" if version == 1 else "PUT"), s)
             self._run(self.write_hooks, event, s)
 
         self._write(session, write)
@@ -197,7 +213,7 @@ class Interactions:
                 # a deleted resource the caller may not see: its history may not be taken over
                 raise not_found(f"{resource_type}/{resource_id} does not exist")
             version = latest["ver"] + 1 if latest else 1
-            return self._store_new(resource_type, resource_id, resource, ctx, session, version)
+            return self._create_by_update(resource_type, resource_id, resource, ctx, session, version)
         self._check_if_match(current, if_match)
         return self._replace(resource_type, current, resource, ctx, session, "update")
 
@@ -219,12 +235,12 @@ class Interactions:
         moment = self._stamp(stored)
         doc = self._document(resource_type, stored, version, moment, ctx, session)
         event = WriteEvent(ctx, interaction, resource_type, current["_id"], current["resource"], stored,
-                           doc.get("_acl"), version, session)
+                           doc.get("_acl"), version, session, old_acl=current.get("_acl"))
         self._run(self.write_rules, event)
 
         def write(s: Session) -> None:
-            self.store.replace(resource_type, doc, current["_ver"], s)
-            self.store.add_version(_version_entry(resource_type, doc, "PATCH" if interaction == "patch" else "PUT"), s)
+            entry = _version_entry(resource_type, doc, "PATCH" if interaction == "patch" else "PUT")
+            self.store.replace_with_version(resource_type, doc, current["_ver"], entry, s)
             self._run(self.write_hooks, event, s)
 
         self._write(session, write)
@@ -239,7 +255,7 @@ class Interactions:
             if body_id is not None:
                 return self.update(resource_type, body_id, resource, ctx, session=session)
             self._guard(ctx, resource_type, "create")
-            return self._store_new(resource_type, new_id(), resource, ctx, session, version=1)
+            return self._create_by_update(resource_type, new_id(), resource, ctx, session, version=1)
         if body_id is not None and body_id != matches[0]:
             raise bad_request(
                 f"The resource id '{body_id}' differs from the id '{matches[0]}' of the resource the "
@@ -303,18 +319,17 @@ class Interactions:
         version = current["_ver"] + 1
         moment = now()
         event = WriteEvent(ctx, "delete", resource_type, resource_id, current["resource"], None, current.get("_acl"),
-                           version, session)
+                           version, session, old_acl=current.get("_acl"))
         self._run(self.write_rules, event)
 
         def write(s: Session) -> None:
-            self.store.remove(resource_type, resource_id, current["_ver"], s)
             tombstone = {
                 "_id": f"{resource_type}/{resource_id}/{version}", "type": resource_type, "id": resource_id,
                 "ver": version, "method": "DELETE", "lastUpdated": moment, "resource": None,
             }
             if current.get("_acl"):
                 tombstone["_acl"] = current["_acl"]
-            self.store.add_version(tombstone, s)
+            self.store.remove_with_version(resource_type, resource_id, current["_ver"], tombstone, s)
             self._run(self.write_hooks, event, s)
 
         self._write(session, write)
