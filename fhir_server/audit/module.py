@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
+from fhir_server.access.policy import is_invisible_to_patient
 from fhir_server.audit.immutable import refuse_change
 from fhir_server.audit.record import AuditRecord
 from fhir_server.audit.trail import AUDIT_INDEXES, AuditChainConflict, AuditTrail
@@ -66,6 +67,9 @@ class Auditor:
 
     def on_write(self, event: WriteEvent) -> None:
         access = event.ctx.access
+        # in this transaction the written resource carries event.acl (a deleted one is gone)
+        written = f"{event.resource_type}/{event.resource_id}"
+        known_invisible = {written: event.new is not None and is_invisible_to_patient(event.acl)}
         record = AuditRecord(
             event.interaction, STATUS_OF_WRITE.get(event.interaction, 200),
             actor=access.actor if access else None,
@@ -74,6 +78,7 @@ class Auditor:
             data_titles=_titles([event.new or event.old or {}]),
             emergency=bool(access and access.actor and access.actor.is_emergency),
             actor_patients=list(access.patients) if access else [],
+            known_invisible=known_invisible,
         )
         audited(lambda: self.trail.record(record, event.session))
 
@@ -105,6 +110,7 @@ class Auditor:
             emergency=bool(actor and actor.is_emergency),
             consent_denied=consent_denied, consent_references=consent_references,
             actor_patients=list(access.patients) if access else [],
+            known_invisible={ref: is_invisible_to_patient(acl) for ref, acl in event.ctx.read_acls.items()},
         )
         audited(lambda: self.trail.record(record))
         notifier = getattr(self.server, "notifier", None)
@@ -115,20 +121,20 @@ class Auditor:
 
     def _patients_of(self, resource: dict) -> list[str]:
         resource_type = resource.get("resourceType", "")
-        index = self.server.search_registry.extract_index(resource)
-        return self.server.policy.patients_of(resource_type, resource, index)
+        return self.server.policy.patients_of(resource_type, resource,
+                                              lambda: self.server.search_registry.extract_index(resource))
 
     def _hidden(self, event: AccessEvent) -> tuple[list[str], bool, list[str]]:
         """A read answered 404: if the resource exists but the decision hid it, the refusal is a
         consent/access denial, recorded against its patients."""
-        doc = self.server.store.get(event.resource_type, event.resource_id) if event.resource_type else None
+        # only a resource type names a collection (`/.well-known/...` or a typo is not one)
+        known = event.resource_type in self.server.search_registry.known_types
+        doc = self.server.store.get(event.resource_type, event.resource_id) if known and event.resource_id else None
         if doc is None or not doc.get("_acl"):
             return [], False, []
         patients = list(doc["_acl"]["patients"])
-        consents: list[str] = []
-        for patient in patients:
-            state = self.server.store.get_meta(f"consent:{patient}") or {}
-            consents += state.get("consents", [])
+        states = self.server.store.get_metas([f"consent:{patient}" for patient in patients])
+        consents = [c for patient in patients for c in states.get(f"consent:{patient}", {}).get("consents", [])]
         return patients, True, consents
 
     def access_history(self, call: OperationCall) -> Result:

@@ -178,3 +178,12 @@ def test_audit_verify_command(client, record, mongo_uri, settings):
     result = subprocess.run([sys.executable, "-m", "fhir_server.cli", "audit", "verify", "--patient", "Patient/aud-b"],
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_refused_read_outside_any_resource_type_is_a_plain_404(client) -> None:
+    """`/.well-known/smart-configuration` (the first request of a SMART client) and typos name no
+    collection: the refusal is audited without looking for a resource, and answers 404."""
+    for path in ("/fhir/.well-known/smart-configuration", "/fhir/NoSuchType/x"):
+        response = client.get(path)
+        assert response.status_code == 404, (path, response.text)
+        assert response.json()["resourceType"] == "OperationOutcome"

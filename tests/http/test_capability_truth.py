@@ -69,12 +69,6 @@ KNOWN_LIES: dict[str, dict[str, str]] = {
         "Composition/$document at type level": "vsm registers $document at instance level only, while the core "
                                                "Composition-document it declares is also type level",
     },
-    "security": {
-        "smart-configuration probe": "audit (fhir_server/audit/module.py Auditor._hidden) looks the refused read up in "
-                                     "a collection named after the first path segment: '.well-known' is not a valid "
-                                     "MongoDB name (InvalidName), so the 404 becomes a 500; _hidden (or "
-                                     "FhirServer.observe_refusal) should skip segments that are not resource types",
-    },
     "canonicals": {
         "SearchParameter https://espace.example.org/fhir/SearchParameter/Communication-conversation":
             "messaging registers this SearchParameter from its own folder but it is never published",
