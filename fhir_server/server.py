@@ -339,7 +339,8 @@ class FhirServer:
             documentation="Structural validation against the FHIR R4 definitions"))
         self.operations.register(Operation(
             name="everything", handler=self._everything_operation, resource_types=("Patient",), type_level=False,
-            instance=True, definition="http://hl7.org/fhir/OperationDefinition/Patient-everything",
+            # ours: the core definition's type level (every patient the caller may see) is not served
+            instance=True, definition="https://espace.example.org/fhir/OperationDefinition/Patient-everything",
             documentation="Every resource of the patient's compartment the caller may see"))
 
     def _everything_operation(self, call: OperationCall) -> Result:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
 from fhir_server.access.policy import is_invisible_to_patient
+from fhir_server.audit.capability import amend_capability_statement
 from fhir_server.audit.immutable import refuse_change
 from fhir_server.audit.record import AuditRecord
 from fhir_server.audit.trail import AUDIT_INDEXES, AuditChainConflict, AuditTrail
@@ -35,6 +36,7 @@ def install(server: FhirServer) -> None:
     auditor = Auditor(server, trail)
     server.interactions.write_rules.append(auditor.refuse_changes)
     server.search_rules.append(require_date_on_wide_audit_searches)
+    server.capability_amendments.append(amend_capability_statement)     # says both rules above
     server.interactions.create_overrides["AuditEvent"] = auditor.receive
     if os.environ.get("FHIR_AUDIT", "on").lower() == "off":      # benchmarks only: audit on vs off
         return

@@ -1,9 +1,13 @@
 """The CapabilityStatement, generated from what is really registered: resource types from the
 definitions, search parameters from the search registry, operations from the operation registry,
-profiles from our `profiles/`."""
+profiles from our `profiles/`. Business modules amend it (`server.capability_amendments`) with
+what only they know: interactions their rules refuse, search-parameter combinations they require
+(`with_search_combinations`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fhir_server import FHIR_VERSION
@@ -17,6 +21,7 @@ if TYPE_CHECKING:
 INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                 "search-type"]
 SEARCH_TYPES = {"number", "date", "string", "token", "reference", "composite", "quantity", "uri", "special"}
+SEARCH_COMBINATION = "http://hl7.org/fhir/StructureDefinition/capabilitystatement-search-parameter-combination"
 
 
 def capability_statement(definitions: Definitions, search_params: dict[str, dict[str, SearchParam]],
@@ -101,3 +106,43 @@ def _search_param(param: SearchParam) -> dict:
     if param.url:
         out["definition"] = param.url
     return out
+
+
+# -- amendments ---------------------------------------------------------------------------------------
+def amend_resource_entries(statement: dict, types: Collection[str], amend: Callable[[dict], dict]) -> dict:
+    """The statement with the resource entries of `types` replaced by `amend(entry)`; the rest is
+    shared, not copied (a statement is generated afresh for each request)."""
+    return {**statement, "rest": [
+        {**rest, "resource": [amend(e) if e.get("type") in types else e for e in rest.get("resource", [])]}
+        for rest in statement.get("rest", [])]}
+
+
+@dataclass(frozen=True)
+class SearchCombination:
+    """One allowed combination of search parameters of a type: every `required` one is given; any
+    other parameter the type declares may be added, except the `excluded` ones."""
+
+    required: tuple[str, ...]
+    excluded: frozenset[str] = frozenset()
+
+
+# The combinations of a type, from the names of the search parameters its entry declares.
+Combinations = Callable[[Sequence[str]], Sequence[SearchCombination]]
+
+
+def with_search_combinations(statement: dict, resource_type: str, combinations: Combinations) -> dict:
+    """Declare a business rule on the searches of a type (HAPI, US Core): one
+    `capabilitystatement-search-parameter-combination` extension per allowed combination, in order
+    (the first is the usual one), its optional parameters spelled out."""
+    def amend(entry: dict) -> dict:
+        declared = [param["name"] for param in entry.get("searchParam", [])]
+        extensions = [_combination_extension(c, declared) for c in combinations(declared)]
+        return {**entry, "extension": [*entry.get("extension", []), *extensions]}
+    return amend_resource_entries(statement, {resource_type}, amend)
+
+
+def _combination_extension(combination: SearchCombination, declared: Sequence[str]) -> dict:
+    optional = [name for name in declared if name not in combination.required and name not in combination.excluded]
+    return {"url": SEARCH_COMBINATION, "extension": [
+        *({"url": "required", "valueString": name} for name in combination.required),
+        *({"url": "optional", "valueString": name} for name in optional)]}

@@ -1,6 +1,7 @@
 """The ImplementationGuide resource: its source `ig/ImplementationGuide-espace.json` (metadata,
 groupings, pages) with `definition.resource` computed from what the server really publishes, so
-that the guide can never miss a profile, extension, value set, code system or search parameter."""
+that the guide can never miss a profile, extension, value set, code system, search parameter or
+operation."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def grouping_of(resource: dict) -> str:
         return "terminology"
     if kind == "SearchParameter":
         return "search"
+    if kind == "OperationDefinition":
+        return "operations"
     return "other"
 
 

@@ -65,6 +65,7 @@ def build_site(definitions: Definitions, out: Path = SITE_DIR, pages: Path = PAG
     site.page("terminology.html", "Terminologie", _terminology_page(ours))
     site.page("search-parameters.html", "Paramètres de recherche",
               _markdown(pages / "search-parameters.md") + _search_page(ours))
+    site.page("operations.html", "Opérations", _markdown(pages / "operations.md") + _operations_page(ours))
     site.page("validation.html", "Validation", _markdown(pages / "validation.md"))
     site.page("security.html", "Modèle de sécurité", _markdown(pages / "security.md") + _access_matrix())
     for resource in ours:
@@ -315,6 +316,49 @@ def _search_page(ours: list[dict]) -> str:
             "restent disponibles ; la liste complète est dans le CapabilityStatement, "
             "<code>GET [base]/metadata</code>).</p><table><tr><th>Code</th><th>Base</th><th>Type</th>"
             "<th>Expression</th><th>URL</th><th>Description</th></tr>" + "".join(rows) + "</table>")
+
+
+def _operations_page(ours: list[dict]) -> str:
+    """Each OperationDefinition we publish: where it is invoked, what it does, its parameters."""
+    parts = ["<p>Opérations propres au serveur, et restrictions des opérations FHIR R4 telles que le serveur les "
+             "sert (<code>base</code>). Le CapabilityStatement (<code>GET [base]/metadata</code>) nomme la "
+             "définition de chaque opération déclarée.</p>"]
+    for operation in (r for r in ours if r["resourceType"] == "OperationDefinition"):
+        meta = [("URL canonique", f"<code>{html.escape(operation['url'])}</code>"),
+                ("Invocation", "<br>".join(f"<code>{html.escape(path)}</code>" for path in _invocations(operation))),
+                ("Modifie des données", "oui (POST)" if operation.get("affectsState") else "non (GET ou POST)")]
+        if operation.get("base"):
+            meta.append(("Restreint", f"<code>{html.escape(operation['base'])}</code>"))
+        parts.append(f"<h2 id=\"{html.escape(operation['id'])}\">{html.escape(_title(operation))}</h2>"
+                     "<table class=\"meta\">" + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in meta)
+                     + f"</table><p>{inline(operation.get('description', ''))}</p>"
+                     f"<p>{inline(operation.get('comment', ''))}</p>{_parameters_table(operation)}")
+    return "".join(parts)
+
+
+def _invocations(operation: dict) -> list[str]:
+    code = f"${operation['code']}"
+    paths = [f"[base]/{code}"] if operation.get("system") else []
+    for resource_type in operation.get("resource", []):
+        paths += [f"[base]/{resource_type}/{code}"] if operation.get("type") else []
+        paths += [f"[base]/{resource_type}/[id]/{code}"] if operation.get("instance") else []
+    return paths
+
+
+def _parameters_table(operation: dict) -> str:
+    rows = "".join(_parameter_rows(operation.get("parameter", []), ""))
+    return ("<table><tr><th>Paramètre</th><th>Sens</th><th>Card.</th><th>Type</th><th>Description</th></tr>"
+            f"{rows}</table>")
+
+
+def _parameter_rows(parameters: list[dict], prefix: str) -> Iterator[str]:
+    for parameter in parameters:
+        name = f"{prefix}{parameter['name']}"
+        cells = (f"<code>{html.escape(name)}</code>", "entrée" if parameter["use"] == "in" else "sortie",
+                 f"{parameter['min']}..{parameter['max']}", html.escape(parameter.get("type", "(parties)")),
+                 inline(parameter.get("documentation", "")))
+        yield "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        yield from _parameter_rows(parameter.get("part", []), f"{name}.")
 
 
 def _access_matrix(matrix_file: Path = MATRIX_FILE) -> str:

@@ -1,8 +1,9 @@
 """Secure messaging between professionals and patients (Communication).
 
 - Conversations: the first message opens a thread, replies reference it in `inResponseTo`; the
-  `conversation` SearchParameter (`SearchParameter-Communication-conversation.json`, registered
-  here) finds a whole thread: `Communication?conversation=Communication/[first]&_sort=sent`.
+  `conversation` SearchParameter (`profiles/search-parameters/Espace-Communication-conversation.json`,
+  loaded and published with our other conformance resources) finds a whole thread:
+  `Communication?conversation=Communication/[first]&_sort=sent`.
 - Search by patient, sender, recipient, sent / received dates, status: core R4 parameters.
 - Rules (`rules.py`): who may open, reply and write to whom; attachments; immutability of sent
   messages; read receipts (`received`).
@@ -12,15 +13,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fhir_server.definitions.paths import PROJECT_ROOT
 from fhir_server.messaging.rules import MessagingRules
 
 if TYPE_CHECKING:
     from fhir_server.server import FhirServer
 
-CONVERSATION_PARAMETER = Path(__file__).with_name("SearchParameter-Communication-conversation.json")
+CONVERSATION_PARAMETER = PROJECT_ROOT / "profiles" / "search-parameters" / "Espace-Communication-conversation.json"
 
 
 def conversation_parameter() -> dict:
@@ -29,7 +30,7 @@ def conversation_parameter() -> dict:
 
 def install(server: FhirServer) -> None:
     parameter = conversation_parameter()
-    server.search_registry.register(parameter)
+    server.search_registry.register(parameter)        # whatever definitions the server was built with
     server.interactions.write_rules.append(MessagingRules(server.interactions))
     server.startup_hooks.append(lambda: _index_existing_messages(server, parameter))
 

@@ -2,13 +2,17 @@
 de partage de documents" role (`instantiates`), and each resource says which MHD transaction it
 serves and which search parameters that transaction needs. The resource entries, their
 interactions, profiles and search parameters themselves are generated from what is registered
-(engine/capabilities.py); this only adds the statements of conformance and the documentation."""
+(engine/capabilities.py); this only adds the statements of conformance, the documentation and the
+search-parameter combinations the ITI-67 / ITI-66 rule (find.py) requires."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
+from fhir_server.engine.capabilities import SearchCombination, with_search_combinations
 from fhir_server.mhd import canonical
+from fhir_server.mhd.find import MHD_LIST_PARAMETERS
 
 REST_DOCUMENTATION = (
     "Partage de documents de santé (ANS PDSm on IHE MHD): ITI-65 Provide Document Bundle (transaction "
@@ -28,7 +32,8 @@ RESOURCE_DOCUMENTATION = {
         "PATCH DocumentReference?identifier=[system]|[value] (JSON Patch, XML Patch or FHIRPath Patch) changes "
         "status, securityLabel and the isArchived extension only (405 otherwise). A new version replaces an entry with "
         "relatesTo.code = replaces; DELETE (by the patient or an author) is the logical deletion."),
-    "List": ("ITI-66: submission sets and folders; a search on MHD lists names the patient and the status; "
+    "List": ("ITI-66: submission sets and folders; a search on MHD lists (with authorOrg, designationType, "
+             "isArchived, sourceId, or code=submissionset / folder) names the patient and the status; "
              f"the searchset carries its total ({canonical.FIND_LISTS_RESPONSE})."),
     "Binary": ("ITI-68: the document in its own media type (streamed), or a Binary resource when FHIR JSON or "
                "XML is asked for; readable by whoever may read its DocumentReference."),
@@ -57,7 +62,26 @@ def amend_capability_statement(statement: dict) -> dict:
                 interaction["documentation"] = f"ITI-65 Provide Document Bundle: {canonical.PROVIDE_BUNDLE}"
         for resource in rest.get("resource", []):
             _document_resource(resource)
-    return amended
+    amended = with_search_combinations(amended, "DocumentReference", _document_combinations)
+    return with_search_combinations(amended, "List", _list_combinations)
+
+
+# ITI-67 / ITI-66 name the patient (`patient`, or chained: `patient.identifier`) and the status;
+# entries fetched by id are a read, not a find.
+FIND = SearchCombination(("patient", "status"))
+BY_ID = SearchCombination(("_id",))
+
+
+def _document_combinations(declared: Sequence[str]) -> Sequence[SearchCombination]:
+    return FIND, BY_ID
+
+
+def _list_combinations(declared: Sequence[str]) -> Sequence[SearchCombination]:
+    """A List search is an ITI-66 one only with an MHD parameter: without one, any parameter alone
+    will do (a combination has one required parameter at least: one per parameter)."""
+    plain = [SearchCombination((name,), MHD_LIST_PARAMETERS) for name in declared
+             if name not in MHD_LIST_PARAMETERS and name != "_id"]
+    return FIND, BY_ID, *plain
 
 
 def _document_resource(resource: dict) -> None:

@@ -24,7 +24,8 @@ from fhir_server.vsm.rules import SummaryRules, patients_reader, reader
 if TYPE_CHECKING:
     from fhir_server.server import FhirServer
 
-DOCUMENT_OPERATION = "http://hl7.org/fhir/OperationDefinition/Composition-document"
+# Ours, derived from the core Composition-document: instance level only, no `graph`.
+DOCUMENT_OPERATION = "https://espace.example.org/fhir/OperationDefinition/Composition-document"
 IMPORT_OPERATION = "https://espace.example.org/fhir/OperationDefinition/Composition-import-cda"
 
 

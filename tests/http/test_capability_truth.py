@@ -33,45 +33,13 @@ JSON = "application/fhir+json"
 STRICT = {"Prefer": "handling=strict"}
 MISSING_ID = "capability-truth-missing"
 
-TDE_RULE = "audit (fhir_server/audit): the TDE rule refuses an AuditEvent search without date, patient or entity"
-MHD_FIND_RULE = ("mhd (fhir_server/mhd): ITI-67/ITI-66 searches need patient and status, which the statement does "
-                 "not declare (capabilitystatement-search-parameter-combination on the resource entry)")
-IMMUTABLE_AUDIT = ("audit (fhir_server/audit): AuditEvent is append-only (405) but the statement declares update, "
-                   "patch, delete, conditionalUpdate and conditionalDelete for it; a capability amendment should "
-                   "remove them")
 UNKNOWN_INCLUDE = "Patient:capability-truth-unknown"
 LAX_INCLUDES = ("search (fhir_server/search/query.py _parse_include, includes.py): strict handling accepts an "
                 "_include/_revinclude naming no search parameter (silently ignored), so the declared searchInclude "
                 "values are only proven to be accepted, not to be understood")
-NO_DEFINITION = "no OperationDefinition is published for this canonical: {owner} should author it (profiles/espace/)"
 KNOWN_LIES: dict[str, dict[str, str]] = {
     "search": {
-        "AuditEvent?*": TDE_RULE,
-        "DocumentReference?*": MHD_FIND_RULE,
-        **{f"List?{code}": MHD_FIND_RULE for code in ("authorOrg", "designationType", "isArchived", "sourceId")},
         **{f"Patient?{name}={UNKNOWN_INCLUDE} (canary)": LAX_INCLUDES for name in ("_include", "_revinclude")},
-    },
-    "rest-level search": {"AuditEvent?*": TDE_RULE, "DocumentReference?*": MHD_FIND_RULE},
-    "write interactions": {
-        **{f"AuditEvent {claim}": IMMUTABLE_AUDIT for claim in
-           ("update", "patch", "delete", "conditionalUpdate", "conditionalDelete")},
-    },
-    "operation definitions": {
-        "Patient/$access-history": NO_DEFINITION.format(owner="audit (fhir_server/audit/module.py)"),
-        "Patient/$vaccination-status": NO_DEFINITION.format(owner="vaccination (fhir_server/vaccination)"),
-        "Patient/$propose-reminders": NO_DEFINITION.format(owner="agenda (fhir_server/agenda)"),
-        "Composition/$import-cda": NO_DEFINITION.format(owner="vsm (fhir_server/vsm)"),
-        "Subscription/$status": NO_DEFINITION.format(owner="notify (fhir_server/notify/status.py)"),
-    },
-    "operation levels": {
-        "Patient/$everything at type level": "server.py registers $everything at instance level only, while the "
-                                              "core Patient-everything it declares is also type level",
-        "Composition/$document at type level": "vsm registers $document at instance level only, while the core "
-                                               "Composition-document it declares is also type level",
-    },
-    "canonicals": {
-        "SearchParameter https://espace.example.org/fhir/SearchParameter/Communication-conversation":
-            "messaging registers this SearchParameter from its own folder but it is never published",
     },
 }
 
@@ -433,6 +401,62 @@ def test_declared_write_interactions_and_policies_work_on_a_sample(client: TestC
     assert_truthful("write interactions", offenders)
 
 
+def _try_update(client: TestClient, stored: Stored) -> Response:
+    return client.put(stored.url, json=stored.resource)
+
+
+def _try_patch(client: TestClient, stored: Stored) -> Response:
+    operations = [{"op": "add", "path": "/language", "value": "fr"}]
+    return client.patch(stored.url, content=json.dumps(operations),
+                        headers={"Content-Type": "application/json-patch+json"})
+
+
+def _try_conditional_update(client: TestClient, stored: Stored) -> Response:
+    return client.put(f"/fhir/{stored.type}", params={"_id": stored.id}, json=stored.resource)
+
+
+def _try_conditional_delete(client: TestClient, stored: Stored) -> Response:
+    return client.delete(f"/fhir/{stored.type}", params={"_id": stored.id})
+
+
+def _try_delete(client: TestClient, stored: Stored) -> Response:
+    return client.delete(stored.url)
+
+
+# Each change a statement may leave out for a type: (name, is it declared?, how it is tried).
+CHANGES: tuple[tuple[str, Callable[[dict], bool], Callable[[TestClient, Stored], Response]], ...] = (
+    ("update", lambda e: declares(e, "update"), _try_update),
+    ("patch", lambda e: declares(e, "patch"), _try_patch),
+    ("conditionalUpdate", lambda e: e.get("conditionalUpdate") is True, _try_conditional_update),
+    ("conditionalDelete", lambda e: e.get("conditionalDelete", "not-supported") != "not-supported",
+     _try_conditional_delete),
+    ("delete", lambda e: declares(e, "delete"), _try_delete),
+)
+
+
+@pytest.mark.usefixtures("referenced")
+def test_changes_the_statement_leaves_out_are_refused(client: TestClient, rest: dict) -> None:
+    """The other side of the claims, on the same sample: a change the statement does not declare
+    for a type (AuditEvent is append-only) is refused with 405, and the instance is left as it was."""
+    offenders = []
+    for entry in (entries(rest)[t] for t in WRITE_SAMPLE):
+        undeclared = [(name, attempt) for name, declared, attempt in CHANGES if not declared(entry)]
+        if not undeclared:
+            continue
+        created = client.post(f"/fhir/{entry['type']}", json=instance_of(entry["type"]))
+        if created.status_code != 201:
+            offenders.append(f"{entry['type']} create: {failure(created)}")
+            continue
+        stored = Stored(entry, created.json()["id"], created.json())
+        for name, attempt in undeclared:
+            problem = failure(attempt(client, stored), 405)
+            offenders += [f"{entry['type']} {name} (undeclared): {problem}"] if problem else []
+        after = client.get(stored.url)
+        if failure(after, 200) or after.json().get("meta", {}).get("versionId") != "1":
+            offenders.append(f"{entry['type']}: changed by undeclared interactions ({failure(after, 200)})")
+    assert_truthful("undeclared changes", offenders)
+
+
 def test_an_update_that_creates_goes_through_the_module_owning_creates(client: TestClient) -> None:
     """Found proving updateCreate: a PUT (or a conditional PUT matching nothing) creating an
     AuditEvent was stored by the engine itself, outside the audit hash chain, where a POST goes
@@ -468,11 +492,26 @@ def search_value(param: dict, search_parameters: dict[str, dict]) -> str | None:
     return "$".join(SEARCH_VALUES[k] for k in kinds) if kinds and all(k in SEARCH_VALUES for k in kinds) else None
 
 
+@dataclass(frozen=True)
+class Combination:
+    """One declared search-parameter combination of a resource entry."""
+
+    required: list[str]
+    optional: list[str]
+
+
+def combinations(entry: dict) -> list[Combination]:
+    """The search-parameter combinations a resource entry declares, in order."""
+    def names(extension: dict, kind: str) -> list[str]:
+        return [e["valueString"] for e in extension.get("extension", []) if e.get("url") == kind]
+    return [Combination(names(ext, "required"), names(ext, "optional"))
+            for ext in entry.get("extension", []) if ext.get("url") == COMBINATION]
+
+
 def required_companions(entry: dict) -> Query:
     """The required parameters of the type's first declared search-parameter combination: a type
     declaring combinations is only claimed searchable with one of them."""
-    names = next(([e["valueString"] for e in ext.get("extension", []) if e.get("url") == "required"]
-                  for ext in entry.get("extension", []) if ext.get("url") == COMBINATION), [])
+    names = next((c.required for c in combinations(entry)), [])
     types = {p["name"]: p["type"] for p in entry.get("searchParam", [])}
     return [(name, SEARCH_VALUES.get(types.get(name, ""), "x")) for name in names]
 
@@ -549,6 +588,39 @@ def test_declared_search_parameters_includes_and_modifiers_are_understood(
     assert_truthful("search", offenders)
 
 
+def combination_offenders(client: TestClient, entry: dict, search_parameters: dict[str, dict]) -> list[str]:
+    """Each combination names declared parameters and is accepted (strict) with its required
+    parameters alone, and with all its parameters; a parameter required by none is refused alone
+    (the combinations are the rule, not decoration)."""
+    params = {p["name"]: p for p in entry.get("searchParam", [])}
+    values = {name: search_value(param, search_parameters) for name, param in params.items()}
+    resource_type, offenders = entry["type"], []
+    for combination in combinations(entry):
+        subject = f"{resource_type} combination {'+'.join(combination.required)}"
+        undeclared = [n for n in combination.required + combination.optional if n not in params]
+        if undeclared or not combination.required:
+            offenders.append(f"{subject}: required {combination.required}, undeclared {undeclared}")
+            continue
+        for names in (combination.required, combination.required + combination.optional):
+            problem = search_problem(client, resource_type, [(n, values[n]) for n in names if values[n] is not None])
+            offenders += [f"{subject} ({len(names)} parameters): {problem}"] if problem else []
+    required_somewhere = {n for c in combinations(entry) for n in c.required}
+    alone = next((n for n in params if n not in required_somewhere and values[n] is not None), None)
+    if alone is not None and search_problem(client, resource_type, [(alone, values[alone])]) is None:
+        offenders.append(f"{resource_type}?{alone} alone: accepted, though it meets no declared combination")
+    return offenders
+
+
+def test_declared_search_combinations_are_the_rule(
+        client: TestClient, rest: dict, search_parameters: dict[str, dict]) -> None:
+    """Types whose searches a business rule restricts (AuditEvent: TDE; DocumentReference and MHD
+    Lists: ITI-67 / ITI-66) declare it with capabilitystatement-search-parameter-combination."""
+    declaring = [entry for entry in rest["resource"] if combinations(entry)]
+    assert {"AuditEvent", "DocumentReference", "List"} <= {entry["type"] for entry in declaring}
+    offenders = [o for entry in declaring for o in combination_offenders(client, entry, search_parameters)]
+    assert_truthful("search combinations", offenders)
+
+
 def test_declared_rest_level_search_parameters_apply_to_every_type(client: TestClient, rest: dict) -> None:
     """`rest.searchParam` applies to all searches: each type takes them, in strict handling."""
     names = [p["name"] for p in rest.get("searchParam", [])]
@@ -585,11 +657,16 @@ def served(client: TestClient, resource_type: str, url: str) -> dict | None:
     return found[0] if len(found) == 1 else None
 
 
+CORE_OPERATIONS = "http://hl7.org/fhir/OperationDefinition/"
+
+
 @pytest.fixture(scope="module")
 def operation_definitions(client: TestClient, rest: dict, definitions: Definitions) -> dict[str, dict]:
-    """Each declared definition that resolves, from the R4 core package or as served."""
+    """Each declared definition that resolves: a core one from the R4 package, any other only as
+    the server serves it (`GET OperationDefinition?url=`: published, not merely loaded)."""
     urls = {op.definition for op in declared_operations(rest)}
-    resolved = {url: definitions.operations.get(url) or served(client, "OperationDefinition", url) for url in urls}
+    resolved = {url: definitions.operations.get(url) if url.startswith(CORE_OPERATIONS)
+                else served(client, "OperationDefinition", url) for url in urls}
     return {url: definition for url, definition in resolved.items() if definition}
 
 
@@ -643,6 +720,49 @@ def test_declared_operations_are_known_at_their_levels(
     offenders = [offender for operation in declared_operations(rest)
                  for offender in level_offenders(client, operation, operation_definitions.get(operation.definition))]
     assert_truthful("operation levels", offenders)
+
+
+def known_at(client: TestClient, path: str) -> bool:
+    response = client.post(path, json={"resourceType": "Parameters"})
+    return not (is_unknown_operation(response) or response.status_code >= 500)
+
+
+def served_levels(client: TestClient, operation: DeclaredOperation) -> set[str]:
+    """The levels at which the server knows the operation (called with an empty Parameters)."""
+    paths = {"system": f"/fhir/${operation.name}"}
+    if operation.resource_type is not None:
+        paths |= {"type": f"/fhir/{operation.resource_type}/${operation.name}",
+                  "instance": f"/fhir/{operation.resource_type}/{MISSING_ID}/${operation.name}"}
+    return {level for level, path in paths.items() if known_at(client, path)}
+
+
+def get_refused_as_changing(client: TestClient, operation: DeclaredOperation, definition: dict) -> bool:
+    """GET at the first level the definition allows is refused as changing data (405)."""
+    level = next(level for level in ("instance", "type", "system") if definition.get(level))
+    path = {"system": f"/fhir/${operation.name}",
+            "type": f"/fhir/{operation.resource_type}/${operation.name}",
+            "instance": f"/fhir/{operation.resource_type}/{MISSING_ID}/${operation.name}"}[level]
+    return client.get(path).status_code == 405
+
+
+def test_our_operation_definitions_say_where_and_how_they_are_served(
+        client: TestClient, rest: dict, operation_definitions: dict[str, dict]) -> None:
+    """Each OperationDefinition of ours that the statement names (ours restrict core ones, e.g.
+    $everything to instance level): its levels are exactly those served, and affectsState says
+    whether GET is refused (405: the operation changes data)."""
+    offenders = []
+    for operation in declared_operations(rest):
+        definition = operation_definitions.get(operation.definition)
+        if definition is None or operation.definition.startswith(CORE_OPERATIONS):
+            continue
+        defined = {level for level in ("system", "type", "instance") if definition.get(level)}
+        served_at = served_levels(client, operation)
+        if served_at != defined:
+            offenders.append(f"{operation.subject}: served at {sorted(served_at)}, defined at {sorted(defined)}")
+        if get_refused_as_changing(client, operation, definition) != bool(definition.get("affectsState")):
+            offenders.append(f"{operation.subject}: affectsState {definition.get('affectsState')} but GET is "
+                             f"{'' if definition.get('affectsState') else 'not '}accepted")
+    assert_truthful("our operation definitions", offenders)
 
 
 # -- 4. formats ---------------------------------------------------------------------------------------
