@@ -1,7 +1,7 @@
 """Search benchmark: a synthetic French population (patients with INS, practitioners,
 DocumentReferences, Immunizations, Appointments), then p50/p95 latency and throughput of the
-most common practice-software queries through the HTTP server, and the index-extraction cost
-per resource written.
+most common practice-software queries through the HTTP server, the index-extraction cost
+per resource written, and what the declared search indexes cost each insert, per collection.
 
 The data is loaded in bulk straight into the database with the server's own index extraction
 and access data (loading 100,000 resources through HTTP would measure writes, not searches)."""
@@ -20,7 +20,9 @@ from bench.auth import BenchIssuer
 from bench.harness import HEADER, Figures, database, run_concurrently, server
 from fhir_server.config import Settings
 from fhir_server.engine.model import instant
+from fhir_server.search import SearchRegistry
 from fhir_server.server import FhirServer
+from fhir_server.storage import MongoStore
 
 INS = "urn:oid:1.2.250.1.213.1.4.8"
 RPPS = "https://rpps.esante.gouv.fr"
@@ -71,6 +73,53 @@ def population(total: int, rng: random.Random) -> list[dict]:
                     "participant": [{"actor": {"reference": f"Patient/{pid}"}, "status": "accepted"},
                                     {"actor": {"reference": author}, "status": "accepted"}]})
     return out[:total] if len(out) > total else out
+
+
+def observations(total: int, patients: int, rng: random.Random) -> list[dict]:
+    """Lab results (not in the population: only for the write cost of Observation's indexes)."""
+    tests = [("2339-0", "mg/dL", 70, 180), ("8480-6", "mm[Hg]", 90, 180), ("718-7", "g/dL", 9, 18)]
+    out = []
+    for n in range(total):
+        code, unit, low, high = rng.choice(tests)
+        out.append({"resourceType": "Observation", "id": f"obs-{n}", "status": "final",
+                    "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                    "subject": {"reference": f"Patient/pat-{rng.randrange(patients)}"},
+                    "effectiveDateTime": f"2026-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}",
+                    "valueQuantity": {"value": rng.randint(low, high), "unit": unit,
+                                      "system": "http://unitsofmeasure.org", "code": unit}})
+    return out
+
+
+def index_write_costs(uri: str, registry: SearchRegistry, resources: list[dict], rounds: int = 3) -> None:
+    """µs per insert into a collection with the declared search indexes and into one with only the
+    two every collection has: the difference is what the search indexes cost each write. The best
+    of `rounds` (the machine is shared)."""
+    by_type: dict[str, list[dict]] = {}
+    for resource in resources:
+        by_type.setdefault(resource["resourceType"], []).append(
+            {"_id": resource["id"], "resource": resource, "_index": registry.extract_index(resource)})
+    print(f"\nindex write cost (µs per insert, best of {rounds}):")
+    print(f"  {'collection':<20} {'indexes':>7} {'declared':>9} {'none':>7} {'difference':>10}")
+    declared_specs = registry.index_specs()
+    for resource_type in ("Patient", "DocumentReference", "Immunization", "Appointment", "Observation"):
+        docs = by_type.get(resource_type, [])[:2000]
+        specs = declared_specs[resource_type]
+        declared = min(_insert_time(uri, resource_type, docs, specs) for _ in range(rounds))
+        bare = min(_insert_time(uri, resource_type, docs, []) for _ in range(rounds))
+        print(f"  {resource_type:<20} {len(specs):>7} {declared:>9.0f} {bare:>7.0f} {declared - bare:>+10.0f}")
+
+
+def _insert_time(uri: str, resource_type: str, docs: list[dict], specs: list) -> float:
+    store = MongoStore(uri, "bench_idx_" + uuid.uuid4().hex[:8])
+    try:
+        store.ensure_collections({resource_type: specs})
+        started = time.perf_counter()
+        for i in range(0, len(docs), 500):
+            store.db[resource_type].insert_many([dict(d) for d in docs[i:i + 500]], ordered=False)
+        return (time.perf_counter() - started) / max(1, len(docs)) * 1e6
+    finally:
+        store.drop_everything()
+        store.close()
 
 
 def bulk_load(fhir: FhirServer, resources: list[dict]) -> tuple[float, float]:
@@ -146,6 +195,8 @@ def main(total: int = 100_000, operations: int = 200) -> None:
         seconds, extraction_us = bulk_load(fhir, resources)
         print(f"bulk load: {len(resources) / seconds:,.0f} resources/s; index extraction "
               f"{extraction_us:.0f} µs per resource (mean over the population)")
+        index_write_costs(uri, fhir.search_registry,
+                          resources + observations(min(2000, total), patients, random.Random(3)))
         fhir.close()
         tables: dict[str, list[Figures]] = {}
         for audit in ("on", "off"):

@@ -13,9 +13,10 @@ collections only, never all 146. A container collection is read without an index
 values (they are rarely searched; indexing them would cost every write of every type).
 
 Results are ordered by container type, container id, then contained id (`_sort` does not apply)
-and paged with a cursor holding that position. With `_containedType=contained` (the default) each
-matching contained resource is an entry of its own, with the fullUrl `[base]/Container/id#cid`; with
-`container` the containers are the entries.
+and paged with a cursor holding that position and a direction: `next` reads after the last result,
+`previous` before the first, like the keyset cursors of other searches. With
+`_containedType=contained` (the default) each matching contained resource is an entry of its own,
+with the fullUrl `[base]/Container/id#cid`; with `container` the containers are the entries.
 """
 
 from __future__ import annotations
@@ -83,23 +84,31 @@ class Source:
 
 @dataclass(frozen=True)
 class Mark:
-    """Where a result sits in the order: its source, its container's id, its own id if contained."""
+    """Where a result sits in the order: its source, its container's id, its own id if contained.
+    As a cursor, `backwards` says whether the page wanted comes before it (`previous`) or after."""
 
     source: tuple[int, str]
     container_id: str
     contained_id: str = ""
+    backwards: bool = False
 
-    def encode(self) -> str:
-        raw = json.dumps([*self.source, self.container_id, self.contained_id], separators=(",", ":"))
+    @property
+    def key(self) -> tuple[str, str]:
+        """The position within its source."""
+        return self.container_id, self.contained_id
+
+    def cursor(self, backwards: bool) -> str:
+        raw = json.dumps([*self.source, self.container_id, self.contained_id, int(backwards)], separators=(",", ":"))
         return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
     @classmethod
     def decode(cls, cursor: str) -> Mark:
         try:
-            expand, resource_type, container_id, contained_id = json.loads(
+            expand, resource_type, container_id, contained_id, *direction = json.loads(
                 base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-            return cls((int(expand), str(resource_type)), str(container_id), str(contained_id))
-        except (ValueError, TypeError) as exc:
+            backwards = bool(direction[0]) if direction else False     # cursors before `previous` had none
+            return cls((int(expand), str(resource_type)), str(container_id), str(contained_id), backwards)
+        except (ValueError, TypeError, IndexError) as exc:
             raise bad_request("Invalid paging cursor: start the search again from its first page", "_cursor") from exc
 
 
@@ -137,34 +146,39 @@ class ContainedSearch:
     sources: list[Source]
 
     def page(self, mark: Mark | None, count: int, projection: dict) -> tuple[list[Match], bool]:
-        """The `count` results after `mark`, and whether more follow."""
+        """The `count` results after `mark` (before it when `mark.backwards`), in result order, and
+        whether more follow in that direction."""
+        backwards = mark is not None and mark.backwards
         matches: list[Match] = []
-        for source in sorted(self.sources, key=lambda s: s.key):
-            if mark is not None and source.key < mark.source:
+        for source in sorted(self.sources, key=lambda s: s.key, reverse=backwards):
+            if mark is not None and (source.key > mark.source if backwards else source.key < mark.source):
                 continue
-            after = mark if mark is not None and source.key == mark.source else None
-            matches += self._matches(source, after, count + 1 - len(matches), projection)
+            bound = mark if mark is not None and source.key == mark.source else None
+            matches += self._matches(source, bound, count + 1 - len(matches), projection, backwards)
             if len(matches) > count:
-                return matches[:count], True
-        return matches, False
+                matches = matches[:count]
+                return (matches[::-1] if backwards else matches), True
+        return (matches[::-1] if backwards else matches), False
 
     def total(self) -> int:
         return sum(self._count(source) for source in self.sources)
 
-    def _matches(self, source: Source, after: Mark | None, room: int, projection: dict) -> list[Match]:
+    def _matches(self, source: Source, bound: Mark | None, room: int, projection: dict,
+                 backwards: bool = False) -> list[Match]:
+        """Up to `room` results of one source after `bound` (before it, nearest first, backwards)."""
         query = source.query
-        if after is not None:
-            # the container of the last result may still hold later contained results
-            query = and_filters(query, {"_id": {"$gte" if source.expand else "$gt": after.container_id}})
-        # every container read yields at least one result, but the last page's may yield no new one
-        limit = room + 1 if source.expand and after is not None else room
-        documents = self.store.find(source.resource_type, query, [("_id", 1)], limit, projection)
+        if bound is not None:
+            # the container of the bound may still hold other contained results on this side of it
+            operator = ("$lte" if source.expand else "$lt") if backwards else ("$gte" if source.expand else "$gt")
+            query = and_filters(query, {"_id": {operator: bound.container_id}})
+        # every container read yields at least one result, but the bound's may yield no new one
+        limit = room + 1 if source.expand and bound is not None else room
+        documents = self.store.find(source.resource_type, query, [("_id", -1 if backwards else 1)], limit, projection)
         if not source.expand:
             return [Match(source, document) for document in documents]
-        matches = self.expanded(source, documents)
-        if after is not None:
-            matches = [m for m in matches if (m.mark.container_id, m.mark.contained_id)
-                       > (after.container_id, after.contained_id)]
+        matches = sorted(self.expanded(source, documents), key=lambda m: m.mark.key, reverse=backwards)
+        if bound is not None:
+            matches = [m for m in matches if (m.mark.key < bound.key if backwards else m.mark.key > bound.key)]
         return matches[:room]
 
     def expanded(self, source: Source, documents: list[dict]) -> list[Match]:

@@ -1,6 +1,13 @@
 """One search criterion (`date=ge2024-01-01`, `identifier=sys|123`, `name:exact=Élodie`) as a
 MongoDB condition on the `_index` layout described in `index.py`.
 
+Conditions are shaped for indexes: their flat part is what an index serves (one equality, `$in` or
+range on one field), and whatever must also hold but no index serves (`$elemMatch` keeping two
+bounds on one value of a list, the exact spelling of `:exact`, the other end of a date range) is
+AND-ed as `{"$and": [exact]}`, a *narrowing* of that candidate. The store runs the flat part
+first, so the embedded development server, whose planner only serves flat filters, still reaches
+the documents through the index; MongoDB plans both together.
+
 Everything here is pure: no database access. References to other resources by search
 (chaining, `_has`) are resolved by `query.py`, which then calls these builders with ids.
 """
@@ -14,8 +21,10 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
 
 from fhir_server.search.filters import NOTHING, and_filters, or_filters
-from fhir_server.search.index import PREFIX_MAX_LENGTH
+from fhir_server.search.index import META_TERMS_FIELD, PREFIX_MAX_LENGTH
 from fhir_server.search.normalize import (
+    DATE_MAX,
+    ONE_MS,
     UCUM,
     canonical_quantity,
     date_range,
@@ -63,6 +72,8 @@ class Target:
     aux_prefix: str | None = None        # `_index.code` prefix of the `:text`, `:exact`... fields
     prefix_field: str | None = None      # strings: the field holding every prefix of the values
     binding: str | None = None           # tokens: the ValueSet bound to the element, if only one
+    terms_prefix: str | None = None      # meta parameters: also stored as `prefix + entry` in META_TERMS_FIELD
+    span: timedelta | None = None        # dates: the longest range one value covers (None: Periods, unbounded)
 
 
 ValueSetExpander = Callable[[str], list[str]]
@@ -102,10 +113,12 @@ class CriteriaBuilder:
         raise UnsupportedModifier(f"search type {kind} is not supported")
 
     # -- composite ---------------------------------------------------------------------------
-    def composite(self, target: Target, components: list[Target], raw: str) -> dict:
+    def composite(self, target: Target, components: list[Target], raw: str, leading: Target | None = None) -> dict:
         """`code-value-quantity=http://loinc.org|8480-6$gt140`: every component matched by the
-        same stored entry (the same observation component)."""
+        same stored entry (the same observation component). `leading`: the parameter holding the
+        values of the first component (`code`), whose index then serves the search."""
         alternatives = []
+        first_parts = []
         for value in split_escaped(raw, ","):
             parts = split_escaped(value, "$")
             if len(parts) != len(components):
@@ -113,7 +126,11 @@ class CriteriaBuilder:
             conditions = [self.build(component, None, part) for component, part in zip(components, parts,
                                                                                           strict=True)]
             alternatives.append({target.field: {"$elemMatch": and_filters(*conditions)}})
-        return or_filters(alternatives)
+            first_parts.append(parts[0])
+        exact = or_filters(alternatives)
+        if leading is None:
+            return exact
+        return narrowed(self.build(leading, None, ",".join(first_parts)), exact)
 
     @staticmethod
     def missing(target: Target, raw: str) -> dict:
@@ -131,9 +148,11 @@ class CriteriaBuilder:
     def string(self, target: Target, modifier: str | None, values: list[str]) -> dict:
         folded = [fold(v) for v in values]
         if modifier == "exact":
+            # the folded value is what the parameter's index holds; the spelling narrows it
             exact_field = (target.aux_prefix or target.field) + ":exact"
-            return and_filters(_any_of(target.field, folded), _any_of(exact_field, values))
+            return narrowed(_any_of(target.field, folded), _any_of(exact_field, values))
         if modifier == "contains":
+            # a substring: no index serves it (it would take a trigram index, like HAPI's)
             return or_filters([{target.field: {"$regex": re.escape(v)}} for v in folded])
         if modifier:
             raise UnsupportedModifier(f"modifier :{modifier} is not supported on string parameters")
@@ -164,18 +183,15 @@ class CriteriaBuilder:
         if modifier == "text":
             return or_filters([{aux + ":text": {"$regex": r"(^|\s)" + re.escape(fold(v))}} for v in values])
         if modifier == "of-type":
-            for value in values:
-                if len(split_escaped(value, "|")) != 3:
-                    raise MalformedValue(":of-type takes system|code|value")
-            return _any_of(aux + ":of-type", values)
+            return self._of_type(target, aux, values)
         if modifier in ("above", "below"):
-            return _any_of(target.field, self._subsumed(target, modifier, values))
+            return _any_value(target, self._subsumed(target, modifier, values))
         if modifier in ("in", "not-in"):
             codes = self._expand(values)
             if target.primitive_tokens:      # plain codes are stored without their system
                 codes = sorted({c.partition("|")[2] for c in codes})
             if modifier == "in":
-                return {target.field: {"$in": codes}} if codes else dict(NOTHING)
+                return _any_value(target, codes)
             return {target.field: {"$nin": codes}}
         if modifier not in (None, "not"):
             raise UnsupportedModifier(f"modifier :{modifier} is not supported on token parameters")
@@ -186,10 +202,24 @@ class CriteriaBuilder:
             (systems if is_system else exact).append(entry)
         if modifier == "not":
             conditions = ([{target.field: {"$in": exact}}] if exact else []) + \
-                [_within(target, prefix_range(s)) for s in systems]
+                [_on_one_value(target, prefix_range(s)) for s in systems]
             return {"$nor": conditions}
-        return or_filters(([_any_of(target.field, exact)] if exact else []) +
+        return or_filters(([_any_value(target, exact)] if exact else []) +
                           [_within(target, prefix_range(s)) for s in systems])
+
+    @staticmethod
+    def _of_type(target: Target, aux: str, values: list[str]) -> dict:
+        """`identifier:of-type=typeSystem|typeCode|value`. The identifier's value is stored as a token
+        entry of the parameter too: its index serves the search, the typed entries narrow it."""
+        typed: list[str] = []
+        plain: list[str] = []
+        for value in values:
+            parts = [unescape(part) for part in split_escaped(value, "|")]
+            if len(parts) != 3 or not parts[2]:
+                raise MalformedValue(":of-type takes system|code|value")
+            typed.append("|".join(parts))
+            plain.append(parts[2])
+        return narrowed(_any_of(target.field, sorted(set(plain))), _any_of(aux + ":of-type", typed))
 
     @staticmethod
     def _ids(modifier: str | None, values: list[str]) -> dict:
@@ -225,9 +255,9 @@ class CriteriaBuilder:
                   targets: tuple[str, ...]) -> dict:
         if modifier == "identifier":
             aux = (target.aux_prefix or target.field) + ":identifier"
-            entries = [self.token_entry(Target(aux, True, "token"), v) for v in values]
-            return or_filters([{aux: {"$elemMatch": prefix_range(e)}} if is_system else {aux: e}
-                               for e, is_system in entries])
+            side = Target(aux, True, "token")
+            entries = [self.token_entry(side, v) for v in values]
+            return or_filters([_within(side, prefix_range(e)) if is_system else {aux: e} for e, is_system in entries])
         if modifier and not modifier[:1].isupper():
             raise UnsupportedModifier(f"modifier :{modifier} is not supported on reference parameters")
         references: list[str] = []
@@ -268,7 +298,9 @@ class CriteriaBuilder:
             low, high = low - margin, high + margin
         if target.point:
             return {target.field: _point_condition(prefix, low, high)}
-        return _range_condition(target, prefix, low, high)
+        exact = _range_condition(target, prefix, low, high)
+        candidate = _range_end_candidate(target, prefix, low, high)
+        return exact if candidate is None else narrowed(candidate, exact)
 
     def _now(self) -> datetime:
         return self.now or datetime.now(UTC)
@@ -299,12 +331,13 @@ class CriteriaBuilder:
                 subfields["s"] = system
             if code:
                 subfields["u"] = code
-        if target.multi and (len(subfields) > 1 or len(next(iter(subfields.values()))) > 1):
-            return {target.field: {"$elemMatch": subfields}}
-        if prefix == "ne" and len(subfields) > 1:
-            # `ne` with a unit: a value of that unit that differs (dotted paths stay on one value)
-            return {target.field: {"$elemMatch": subfields}}
-        return {f"{target.field}.{k}": v for k, v in subfields.items()}
+        exact = _quantity_condition(target, prefix, subfields)
+        if prefix == "ne":
+            return exact
+        # the number (`v`, or `cv` in canonical units) is what the parameter's indexes hold
+        number_key = "cv" if canonical else "v"
+        candidate = {f"{target.field}.{number_key}": subfields[number_key]}
+        return exact if exact == candidate else narrowed(candidate, exact)
 
     # -- uri ---------------------------------------------------------------------------------
     def uri(self, target: Target, modifier: str | None, values: list[str]) -> dict:
@@ -319,10 +352,10 @@ class CriteriaBuilder:
         if modifier == "below":
             return or_filters([_within(target, prefix_range(v)) for v in values])
         if modifier == "above":
-            return _any_of(target.field, [p for v in values for p in _uri_ancestors(v)])
+            return _any_value(target, [p for v in values for p in _uri_ancestors(v)])
         if modifier:
             raise UnsupportedModifier(f"modifier :{modifier} is not supported on uri parameters")
-        return _any_of(target.field, values)
+        return _any_value(target, values)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -369,7 +402,13 @@ def _decimal(text: str) -> Decimal:
         raise MalformedValue(str(exc)) from exc
 
 
-def _within(target: Target, bounds: dict) -> dict:
+def narrowed(candidate: dict, exact: dict) -> dict:
+    """`candidate` (what an index serves) AND `exact` (what must hold too), kept apart: the flat
+    part of the filter stays the candidate (see the module docstring)."""
+    return and_filters(candidate, {"$and": [exact]})
+
+
+def _on_one_value(target: Target, bounds: dict) -> dict:
     """Both bounds on the same value. On a list MongoDB checks each operator against any
     element, so `{$gte: "dup", $lt: "duq"}` would match ["helene", "durand"]: `$elemMatch`."""
     if target.multi and len(bounds) > 1:
@@ -377,13 +416,31 @@ def _within(target: Target, bounds: dict) -> dict:
     return {target.field: bounds}
 
 
+def _within(target: Target, bounds: dict) -> dict:
+    """A range on one value, as an index range narrowed to one value of a list. No planner serves
+    `$elemMatch` alone from an index on the embedded server; the plain range is served everywhere."""
+    exact = _on_one_value(target, bounds)
+    if target.terms_prefix is not None:
+        prefixed = {op: target.terms_prefix + bound for op, bound in bounds.items()}
+        return narrowed({META_TERMS_FIELD: prefixed}, exact)
+    candidate = {target.field: bounds}
+    return exact if exact == candidate else narrowed(candidate, exact)
+
+
+def _any_value(target: Target, entries: list[str]) -> dict:
+    """Equality with any of the stored entries; the meta parameters ask their shared terms field."""
+    if target.terms_prefix is not None:
+        return _any_of(META_TERMS_FIELD, [target.terms_prefix + e for e in entries])
+    return _any_of(target.field, entries)
+
+
 def _prefix_lookup(target: Target, prefix_field: str, folded: list[str]) -> dict:
     """Prefix match through the field holding every prefix of the values: an equality (or `$in`)
     on one field, served by its index on any MongoDB and exact on lists. A value longer than the
-    stored prefixes adds the exact range on one element of the values."""
+    stored prefixes is served by its stored prefix, narrowed to the exact range on one value."""
     short = [v for v in folded if len(v) <= PREFIX_MAX_LENGTH]
     alternatives = [_any_of(prefix_field, short)] if short else []
-    alternatives += [and_filters({prefix_field: v[:PREFIX_MAX_LENGTH]}, _within(target, prefix_range(v)))
+    alternatives += [narrowed({prefix_field: v[:PREFIX_MAX_LENGTH]}, _on_one_value(target, prefix_range(v)))
                      for v in folded if len(v) > PREFIX_MAX_LENGTH]
     return or_filters(alternatives)
 
@@ -436,8 +493,18 @@ def _value_condition(field: str, multi: bool, condition: dict, prefix: str) -> d
         return {field: {"$exists": True, **condition}} if not multi else \
             {field: {"$exists": True, "$not": {"$elemMatch": condition["$not"]}}}
     if multi and len(condition) > 1:          # both bounds on the same value of the list
-        return {field: {"$elemMatch": condition}}
+        return narrowed({field: condition}, {field: {"$elemMatch": condition}})
     return {field: condition}
+
+
+def _quantity_condition(target: Target, prefix: str, subfields: dict) -> dict:
+    """Every subfield condition on the same stored quantity."""
+    if target.multi and (len(subfields) > 1 or len(next(iter(subfields.values()))) > 1):
+        return {target.field: {"$elemMatch": subfields}}
+    if prefix == "ne" and len(subfields) > 1:
+        # `ne` with a unit: a value of that unit that differs (dotted paths stay on one value)
+        return {target.field: {"$elemMatch": subfields}}
+    return {f"{target.field}.{k}": v for k, v in subfields.items()}
 
 
 def _point_condition(prefix: str, low: datetime, high: datetime) -> dict:
@@ -450,6 +517,40 @@ def _point_condition(prefix: str, low: datetime, high: datetime) -> dict:
     }[prefix]
 
 
+def _range_end_candidate(target: Target, prefix: str, low: datetime, high: datetime) -> dict | None:
+    """A condition on the end of the stored ranges (`code.hi`, the indexed field, see
+    SearchParam.sort_field) that every match of `prefix` meets, when the exact condition is on
+    their start. Stored ranges end after they start (a Period's end is not before its start,
+    per-1); `lt`/`le` need the longest range a value covers (`span`: a year for a date), unknown
+    for Periods."""
+    end = f"{target.field}.hi"
+    if prefix == "eq":
+        return {end: {"$gt": low, **_at_most(high)}}
+    if prefix == "ap":
+        return {end: {"$gt": low}}
+    if prefix == "sa":
+        return {end: {"$gt": high}}
+    if prefix in ("lt", "le") and target.span is not None:
+        return {end: _at_most(_later(low if prefix == "lt" else high, target.span))}
+    return None
+
+
+def _at_most(moment: datetime) -> dict:
+    """`<= moment` as `< moment + 1 ms` (dates are stored to the millisecond): the embedded server's
+    compound index scan drops the values equal to an inclusive upper bound on a field other than
+    the last one (`{patient, date.hi, _id}`)."""
+    if moment >= DATE_MAX:
+        return {"$lte": DATE_MAX}
+    return {"$lt": moment + ONE_MS}
+
+
+def _later(moment: datetime, span: timedelta) -> datetime:
+    try:
+        return min(moment + span, DATE_MAX)
+    except OverflowError:
+        return DATE_MAX
+
+
 def _range_condition(target: Target, prefix: str, low: datetime, high: datetime) -> dict:
     """Conditions on a stored range [lo, hi) against the search range [low, high), following the
     spec: eq = the value is within the search range, gt = it extends after it, sa = it starts
@@ -457,7 +558,7 @@ def _range_condition(target: Target, prefix: str, low: datetime, high: datetime)
     one_sided = {
         "gt": ("hi", {"$gt": high}), "ge": ("hi", {"$gt": low}),
         "lt": ("lo", {"$lt": low}), "le": ("lo", {"$lt": high}),
-        "sa": ("lo", {"$gte": high}), "eb": ("hi", {"$lte": low}),
+        "sa": ("lo", {"$gte": high}), "eb": ("hi", _at_most(low)),
     }
     if prefix in one_sided:
         sub, condition = one_sided[prefix]

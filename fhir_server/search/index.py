@@ -16,6 +16,12 @@ Layout of `_index` (one key per search parameter code; see `docs` in SearchParam
     uri        code: the URI
     composite  code: [{"0": entries of component 0, "1": entries of component 1, ...}]
 
+The meta parameters (`_tag`, `_security`, `_profile`, `_source`), which every resource type has,
+are also stored together as `code=entry` terms, so that one index per collection serves them all
+(three indexes on every collection would cost every write; most resources carry no meta values):
+
+    _meta      ["_profile=http://...", "_tag=|test", "_tag=test", "_security=R", ...]
+
 Contained resources are indexed with their container, each per its own type's parameters:
 
     _contained [{"_type": "Observation", "_id": "o1", <code>: entries as above...}, ...]
@@ -61,6 +67,9 @@ PREFIX_SUFFIX = ":prefix"
 # Prefixes are stored up to this length; a longer search value also checks the whole value.
 PREFIX_MAX_LENGTH = 24
 CONTAINED = "_contained"       # `_index` key of the contained resources' entries
+META_PARAMS = ("_tag", "_security", "_profile", "_source")
+META_TERMS = "_meta"           # `_index` key of the meta parameters' entries, as `code=entry`
+META_TERMS_FIELD = f"_index.{META_TERMS}"
 CONTAINED_TYPE = "_type"       # the resource type of one contained entry (its id is `_id`)
 
 
@@ -302,6 +311,18 @@ def uri_entries(code: str, values: list[Value]) -> Entries:
         if isinstance(value, str) and value:
             _add(out, code, value)
     return out
+
+
+# -- meta terms ---------------------------------------------------------------------------------
+
+def meta_terms(index: dict[str, Any]) -> list[str]:
+    """The `code=entry` terms of the meta parameters in an `_index` (see the module docstring)."""
+    terms: list[str] = []
+    for code in META_PARAMS:
+        entries = index.get(code)
+        for entry in entries if isinstance(entries, list) else [entries] if entries is not None else []:
+            terms.append(f"{code}={entry}")
+    return terms
 
 
 # -- dispatch -----------------------------------------------------------------------------------

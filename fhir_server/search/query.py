@@ -27,8 +27,8 @@ from fhir_server.search.filters import (
     field_names,
     relative_to,
 )
-from fhir_server.search.index import CONTAINED_TYPE, PREFIX_SUFFIX
-from fhir_server.search.registry import SearchParam, SearchRegistry
+from fhir_server.search.index import CONTAINED_TYPE, META_PARAMS, PREFIX_SUFFIX
+from fhir_server.search.registry import DOCUMENT_FIELDS, SearchParam, SearchRegistry
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
@@ -199,7 +199,26 @@ def target_of(param: SearchParam) -> Target:
                   primitive_tokens=param.primitive_tokens, point=param.point,
                   aux_prefix=f"_index.{param.code}",
                   prefix_field=param.field + PREFIX_SUFFIX if param.prefix_indexed else None,
-                  binding=param.binding)
+                  binding=param.binding, terms_prefix=f"{param.code}=" if param.code in META_PARAMS else None,
+                  span=param.span)
+
+
+def one_condition_per_list(conditions: list[dict], single_valued: set[str]) -> list[dict]:
+    """The conditions, the later of two on the same list field set apart in `$and`. Merged, their
+    bounds would read as bounds on one value, which the embedded server's index scan applies as
+    such (`value=gt5&value=lt3` would need one value in (5, 3)); MongoDB reads each on any value,
+    as FHIR does (each criterion is met by some value)."""
+    seen: set[str] = set()
+    out: list[dict] = []
+    for condition in conditions:
+        lists = {name for name in condition if not name.startswith("$") and not _one_value(name, single_valued)}
+        out.append({"$and": [condition]} if lists & seen else condition)
+        seen |= lists
+    return out
+
+
+def _one_value(name: str, single_valued: set[str]) -> bool:
+    return name in single_valued or name.rpartition(".")[0] in single_valued
 
 
 @dataclass
@@ -213,7 +232,13 @@ class QueryCompiler:
 
     def compile(self, resource_type: str, criteria: list[tuple[str, str]]) -> dict:
         """One flat filter for all criteria (AND of parameters, OR of comma-separated values)."""
-        return and_filters(*(self.criterion(resource_type, name, value) for name, value in criteria))
+        conditions = [self.criterion(resource_type, name, value) for name, value in criteria]
+        return and_filters(*one_condition_per_list(conditions, self._single_valued(resource_type)))
+
+    def _single_valued(self, resource_type: str) -> set[str]:
+        """Fields holding one value per resource (not a list)."""
+        params = self.registry.params_for(resource_type).values()
+        return {*DOCUMENT_FIELDS.values(), *(p.field for p in params if not p.multi)}
 
     def compile_contained(self, resource_type: str, criteria: list[tuple[str, str]]) -> tuple[dict, dict]:
         """The criteria for contained resources of `resource_type`: (the condition on one entry of
@@ -231,8 +256,9 @@ class QueryCompiler:
             if fields and fields <= CONTAINER_FIELDS:
                 container.append(condition)
             else:
-                entry.append(relative_to(condition, "_index."))
-        return and_filters(*entry), and_filters(*container)
+                entry.append(condition)
+        entry = one_condition_per_list(entry, self._single_valued(resource_type))
+        return relative_to(and_filters(*entry), "_index."), and_filters(*container)
 
     def criterion(self, resource_type: str, name: str, value: str) -> dict:
         try:
@@ -261,7 +287,9 @@ class QueryCompiler:
             return self._chain(param, modifier or None, rest, value)
         if param.type == "composite":
             components = [Target(str(i), False, c.param.type) for i, c in enumerate(param.components)]
-            return self.builder.composite(target_of(param), components, value)
+            leading = self.registry.param(resource_type, param.leading) if param.leading else None
+            return self.builder.composite(target_of(param), components, value,
+                                          target_of(leading) if leading else None)
         return self.builder.build(target_of(param), modifier or None, value, param.targets)
 
     def _check_modifier(self, param: SearchParam, modifier: str | None, chained: bool) -> None:

@@ -16,7 +16,7 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import tzinfo
+from datetime import timedelta, tzinfo
 from typing import Any
 
 from fhir_server.definitions import Definitions
@@ -26,10 +26,13 @@ from fhir_server.search.index import (
     CONTAINED,
     CONTAINED_TYPE,
     DATE_TYPES,
+    META_TERMS,
+    META_TERMS_FIELD,
     PREFIX_SUFFIX,
     PRIMITIVE_TOKEN_TYPES,
     QUANTITY_TYPES,
     entries_for,
+    meta_terms,
     prefix_entries,
 )
 from fhir_server.search.normalize import DEFAULT_TIMEZONE
@@ -46,6 +49,7 @@ _NOT_DOMAIN_RESOURCES = frozenset({"Bundle", "Binary", "Parameters"})
 
 _CODE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
 _ELEMENT_PATH = re.compile(r"^[A-Za-z]+(\.[A-Za-z]+)+$")
+_ELEMENT_NAMES = re.compile(r"^[A-Za-z]+(\.[A-Za-z]+)*$")
 
 # Compound indexes for the queries practice software sends all day (opening a patient file,
 # agenda views). Parameter codes; `_id` is appended so that keyset pages stay on the index.
@@ -53,7 +57,7 @@ HOT_QUERIES: dict[str, list[tuple[str, ...]]] = {
     "DocumentReference": [("patient", "status", "date"), ("patient", "date"), ("patient", "status")],
     "Immunization": [("patient", "date"), ("patient", "status", "date")],
     "Appointment": [("actor", "date"), ("actor", "status", "date"), ("patient", "date")],
-    "Observation": [("patient", "date")],
+    "Observation": [("patient", "date"), ("code", "patient")],     # code first: `code=` alone and `_has` too
     "Condition": [("patient", "clinical-status")],
     "Encounter": [("patient", "date")],
     "Composition": [("patient", "type", "date")],
@@ -74,6 +78,11 @@ LOOKUPS: dict[str, tuple[str, ...]] = {
     "Location": ("name",),
     "RelatedPerson": ("patient",),
 }
+# Not looked up alone: numbers and quantities (a threshold compares the values of every analyte; it
+# comes with `code`, whose index serves it, or as `code-value-quantity`, served the same way).
+
+# A date written as a date or dateTime covers at most a year (366 days, 2024); one more day of margin.
+DATE_VALUE_SPAN = timedelta(days=367)
 
 
 @dataclass(eq=False)
@@ -111,6 +120,7 @@ class SearchParam:
     components: tuple[Component, ...] = ()
     prefix_indexed: bool = False         # strings: every prefix stored and indexed (`code:prefix`)
     binding: str | None = None           # tokens: the one ValueSet bound to the elements read
+    leading: str | None = None           # composites: the parameter holding the first component's values
 
     @property
     def field(self) -> str:
@@ -136,6 +146,23 @@ class SearchParam:
         if self.type == "quantity":
             return self.field + ".v"
         return self.field
+
+    @property
+    def index_fields(self) -> tuple[str, ...]:
+        """The fields a single-parameter index needs: the sorted one, plus the canonical value of
+        quantities (searches with a unit compare canonical values)."""
+        if self.type == "quantity":
+            return self.sort_field, self.field + ".cv"
+        return (self.sort_field,)
+
+    @property
+    def span(self) -> timedelta | None:
+        """Dates: the longest range one stored value covers, when bounded (dates and dateTimes, not
+        Periods or Timings, which may be open-ended)."""
+        types = self.value_types
+        if self.type != "date" or not types or not types <= DATE_TYPES | {"string"}:
+            return None
+        return DATE_VALUE_SPAN
 
     @property
     def value_types(self) -> frozenset[str] | None:
@@ -182,6 +209,7 @@ class SearchRegistry:
         self._by_url: dict[str, dict] = {}
         self._compiled: dict[str, dict[str, SearchParam]] = {}
         self._indexed: dict[str, list[SearchParam]] = {}
+        self._index_fields: dict[str, list[tuple[str, ...]]] = {}
         for definition in definitions.search_parameters:
             if _is_core_example(definition):
                 continue
@@ -222,6 +250,7 @@ class SearchRegistry:
                 self._sources[resource_type][code] = definition
                 self._compiled.pop(resource_type, None)
                 self._indexed.pop(resource_type, None)
+                self._index_fields.pop(resource_type, None)
         return types
 
     def definition(self, url: str) -> dict | None:
@@ -266,6 +295,7 @@ class SearchRegistry:
         if kind == "composite":
             param.components = tuple(self._components(param, definition))
             param.multi = True
+            param.leading = self._leading_param(resource_type, definition)
             return param
         assert param.expression is not None
         param.multi = param.expression.multi or not _entries_per_value_is_one(kind, param.expression.types)
@@ -291,6 +321,23 @@ class SearchRegistry:
         bound = {str(element["binding"]["valueSet"]).split("|", 1)[0] for element in sd["snapshot"]["element"]
                  if element["path"] in paths and (element.get("binding") or {}).get("valueSet")}
         return bound.pop() if len(bound) == 1 else None
+
+    def _leading_param(self, resource_type: str, definition: dict) -> str | None:
+        """The code of the parameter of `resource_type` whose values include every value of the
+        composite's first component (`code` for `code-value-quantity`): same definition, and its
+        expression reads every element the component does."""
+        first = (definition.get("component") or [{}])[0]
+        target = self._by_url.get(first.get("definition", ""))
+        component = str(first.get("expression", ""))
+        if target is None or not _ELEMENT_NAMES.match(component):
+            return None
+        if self._sources.get(resource_type, {}).get(target["code"]) is not target:
+            return None
+        read = {p.strip("()") for p in split_union(str(target.get("expression", "")))}
+        roots = [p.strip("()") for p in split_union(str(definition.get("expression") or resource_type))]
+        if all(_ELEMENT_NAMES.match(root) and f"{root}.{component}" in read for root in roots):
+            return target["code"]
+        return None
 
     def _components(self, composite: SearchParam, definition: dict) -> Iterable[Component]:
         for component in definition.get("component") or ():
@@ -357,6 +404,9 @@ class SearchRegistry:
                     index[key] = entries
             if param.prefix_indexed and param.code in index:
                 index[param.code + PREFIX_SUFFIX] = prefix_entries(index[param.code])
+        terms = meta_terms(index)
+        if terms:
+            index[META_TERMS] = terms
         return index
 
     def _contained_index(self, resource: dict) -> list[dict[str, Any]]:
@@ -384,32 +434,43 @@ class SearchRegistry:
 
     def index_specs(self) -> dict[str, list[list[tuple[str, int]]]]:
         """Per resource type (all of them), the MongoDB indexes to create: the patient
-        compartment first, then the hot compound queries, then identifier/directory look-ups."""
-        specs: dict[str, list[list[tuple[str, int]]]] = {}
-        for resource_type in self.resource_types:
-            params = self.params_for(resource_type)
-            wanted: list[list[tuple[str, int]]] = []
+        compartment first, then the hot compound queries, then identifier/directory look-ups,
+        then the meta parameters' terms (`_tag`, `_security`, `_profile`, `_source`)."""
+        return {resource_type: self.index_specs_for(resource_type) for resource_type in self.resource_types}
 
-            def add(spec: list[tuple[str, int]], wanted: list = wanted) -> None:
-                if spec not in wanted:
-                    wanted.append(spec)
+    def index_fields(self, resource_type: str) -> list[tuple[str, ...]]:
+        """The fields of each index of `resource_type`, in order (what a query can be fitted to)."""
+        fields = self._index_fields.get(resource_type)
+        if fields is None:
+            fields = [tuple(name for name, _order in spec) for spec in self.index_specs_for(resource_type)]
+            self._index_fields[resource_type] = fields
+        return fields
 
-            compartment = self.compartment_params("Patient", resource_type)
-            if "patient" in params and params["patient"].type == "reference":
-                compartment = [*compartment, "patient"]
-            for code in compartment:
-                add([(params[code].field, 1), ("_id", 1)])
-            for codes in HOT_QUERIES.get(resource_type, ()):
-                spec = self._compound(params, codes)
-                if spec:
-                    add(spec)
-            for code in ("identifier", *LOOKUPS.get(resource_type, ())):
-                if code in params and params[code].indexed:
-                    add([(params[code].sort_field, 1)])
-                if code in params and params[code].prefix_indexed:
-                    add([(params[code].field + PREFIX_SUFFIX, 1)])
-            specs[resource_type] = wanted
-        return specs
+    def index_specs_for(self, resource_type: str) -> list[list[tuple[str, int]]]:
+        params = self.params_for(resource_type)
+        wanted: list[list[tuple[str, int]]] = []
+
+        def add(spec: list[tuple[str, int]]) -> None:
+            if spec not in wanted:
+                wanted.append(spec)
+
+        compartment = self.compartment_params("Patient", resource_type)
+        if "patient" in params and params["patient"].type == "reference":
+            compartment = [*compartment, "patient"]
+        for code in compartment:
+            add([(params[code].field, 1), ("_id", 1)])
+        for codes in HOT_QUERIES.get(resource_type, ()):
+            spec = self._compound(params, codes)
+            if spec:
+                add(spec)
+        for code in ("identifier", *LOOKUPS.get(resource_type, ())):
+            if code in params and params[code].indexed:
+                for index_field in params[code].index_fields:
+                    add([(index_field, 1)])
+            if code in params and params[code].prefix_indexed:
+                add([(params[code].field + PREFIX_SUFFIX, 1)])
+        add([(META_TERMS_FIELD, 1)])
+        return wanted
 
     @staticmethod
     def _compound(params: dict[str, SearchParam], codes: tuple[str, ...]) -> list[tuple[str, int]] | None:

@@ -20,6 +20,7 @@ from fhir_server.search.contained import (
 )
 from fhir_server.search.criteria import CriteriaBuilder
 from fhir_server.search.filters import ExtraFilter, and_filters, extra_for, is_operator_dict, or_filters
+from fhir_server.search.fitting import IndexFittedStore
 from fhir_server.search.includes import Found, IncludeResolver
 from fhir_server.search.normalize import date_range
 from fhir_server.search.paging import (
@@ -48,9 +49,13 @@ if TYPE_CHECKING:
 ESTIMATE_LIMIT = 10_000          # `_total=estimate` counts up to this many, then stops
 REINDEX_BATCH = 500
 # Version of what `_index` holds. Databases written with an older one are upgraded once, at start
-# (2: prefixes of looked-up strings, contained resources).
+# (2: prefixes of looked-up strings, contained resources; 3: the meta parameters' terms).
 INDEX_LAYOUT_KEY = "search:index-layout"
-INDEX_LAYOUT_VERSION = 2
+INDEX_LAYOUT_VERSION = 3
+# The resources whose `_index` layout 3 changes: those with meta values (or contained resources with some).
+_WITH_META_VALUES = {"$or": [{f"resource.meta.{element}": {"$exists": True}}
+                             for element in ("tag", "security", "profile", "source")]
+                     + [{"resource.contained": {"$exists": True}}]}
 
 
 @dataclass
@@ -76,7 +81,7 @@ class _Page:
 class SearchService:
     def __init__(self, registry: SearchRegistry, store: Store) -> None:
         self.registry = registry
-        self.store = store
+        self.store = IndexFittedStore(store, registry.index_fields)
         self.terminology = LocalTerminology(registry.definitions)
 
     # -- search --------------------------------------------------------------------------------
@@ -164,7 +169,7 @@ class SearchService:
         entries += [bundles.entry(base_url, t, d["resource"], "include") for t, d in included]
         if request.warnings:
             entries.append(bundles.outcome_entry(_unique(request.warnings)))
-        links = _contained_links(base_url, resource_type, request, matches[-1].mark if more else None)
+        links = _contained_links(base_url, resource_type, request, matches, more)
         return bundles.searchset(entries, links, total)
 
     def _contained_sources(self, resource_type: str, request: SearchRequest, compiler: QueryCompiler,
@@ -396,18 +401,25 @@ class SearchService:
 
     def upgrade_index_layout(self) -> int:
         """At start, once per database: resources stored with an older `_index` layout get what the
-        current one adds (prefixes of looked-up strings, their contained resources' values), and
-        their containers are recorded. Returns the number of resources rewritten."""
+        current one adds (2: prefixes of looked-up strings, their contained resources' values, and
+        their containers are recorded; 3: the meta parameters' terms). Returns the number of
+        resources rewritten."""
         state = self.store.get_meta(INDEX_LAYOUT_KEY)
-        if state is not None and state.get("version", 0) >= INDEX_LAYOUT_VERSION:
+        version = state.get("version", 0) if state is not None else 0
+        if version >= INDEX_LAYOUT_VERSION:
             return 0
+        changed = self._upgrade_to_2() if version < 2 else 0
+        changed += sum(self._reindex_where(t, _WITH_META_VALUES) for t in self.registry.resource_types)
+        self.store.put_meta(INDEX_LAYOUT_KEY, {"version": INDEX_LAYOUT_VERSION})
+        return changed
+
+    def _upgrade_to_2(self) -> int:
         prefixed = [t for t in self.registry.resource_types
                     if any(p.prefix_indexed for p in self.registry.params_for(t).values())]
         changed = self.reindex(prefixed)
         for resource_type in self.registry.resource_types:
             if resource_type not in prefixed:
                 changed += self._reindex_where(resource_type, {"resource.contained": {"$exists": True}})
-        self.store.put_meta(INDEX_LAYOUT_KEY, {"version": INDEX_LAYOUT_VERSION})
         return changed
 
     # -- Patient/$everything -----------------------------------------------------------------------
@@ -538,13 +550,23 @@ def _contained_page(search: ContainedSearch, request: SearchRequest) -> tuple[li
     return search.page(mark, request.count, projection)
 
 
-def _contained_links(base_url: str, path: str, request: SearchRequest, last: Mark | None) -> list[dict]:
-    """self, first and, when more follow, next (its cursor: the last result's position)."""
+def _contained_links(base_url: str, path: str, request: SearchRequest, matches: list[Match],
+                     more: bool) -> list[dict]:
+    """self, first, and previous/next as for other searches (`_links`): `previous` reads before the
+    first result, `next` after the last. `more` tells whether results follow in the direction the
+    page was read; the other direction holds results whenever the page was reached by a cursor."""
     params = request.link_params
     self_params = params + ([("_cursor", request.cursor)] if request.cursor else [])
     links = [bundles.link(base_url, path, self_params, "self"), bundles.link(base_url, path, params, "first")]
-    if last is not None:
-        links.append(bundles.link(base_url, path, [*params, ("_cursor", last.encode())], "next"))
+    if not matches:
+        return links
+    backwards = request.cursor is not None and Mark.decode(request.cursor).backwards
+    has_before = more if backwards else request.cursor is not None
+    has_after = more or backwards
+    if has_before:
+        links.append(bundles.link(base_url, path, [*params, ("_cursor", matches[0].mark.cursor(True))], "previous"))
+    if has_after:
+        links.append(bundles.link(base_url, path, [*params, ("_cursor", matches[-1].mark.cursor(False))], "next"))
     return links
 
 

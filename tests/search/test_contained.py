@@ -4,12 +4,15 @@ containers), paged, counted, and seen only through their container's access filt
 
 from __future__ import annotations
 
+import base64
+import json
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
 from fhir_server.engine.errors import FhirError
 from fhir_server.search import SearchService
+from fhir_server.search.contained import Mark
 from tests.search.conftest import BASE, ids, put
 
 LOINC = "http://loinc.org"
@@ -71,8 +74,8 @@ def full_urls(bundle: dict, mode: str = "match") -> list[str]:
     return [e["fullUrl"].removeprefix(BASE + "/") for e in bundle["entry"] if e["search"]["mode"] == mode]
 
 
-def following(bundle: dict) -> list[tuple[str, str]] | None:
-    return next((parse_qsl(urlsplit(link["url"]).query) for link in bundle["link"] if link["relation"] == "next"),
+def following(bundle: dict, relation: str = "next") -> list[tuple[str, str]] | None:
+    return next((parse_qsl(urlsplit(link["url"]).query) for link in bundle["link"] if link["relation"] == relation),
                 None)
 
 
@@ -134,6 +137,38 @@ def test_paging_one_by_one_gives_every_result_once(service: SearchService, query
         assert ("_contained", query.split("&")[0].split("=")[1]) in params
         bundle = service.search("Observation", params, base_url=BASE)
     assert seen == expected
+
+
+@pytest.mark.parametrize("query", ["_contained=true", f"_contained=both&code={SYSTOLIC}",
+                                   f"_contained=true&_containedType=container&code={SYSTOLIC}"])
+def test_previous_links_page_back_to_the_first_result(service: SearchService, query: str) -> None:
+    """Like other searches: every page reached by a cursor links to the one before it, and paging
+    back from the last page gives the same pages as paging forward, in the same order."""
+    forward: list[list[str]] = []
+    bundle = search(service, "Observation", f"{query}&_count=2")
+    assert following(bundle, "previous") is None                # the first page has nothing before it
+    while True:
+        forward.append(full_urls(bundle))
+        params = following(bundle)
+        if params is None:
+            break
+        bundle = service.search("Observation", params, base_url=BASE)
+    assert len(forward) >= 2
+    backward: list[list[str]] = [full_urls(bundle)]
+    while (params := following(bundle, "previous")) is not None:
+        bundle = service.search("Observation", params, base_url=BASE)
+        backward.append(full_urls(bundle))
+        assert following(bundle) is not None                     # and each of them links forward again
+    assert backward[::-1] == forward
+
+
+def test_cursors_written_before_previous_links_still_page_forward(service: SearchService) -> None:
+    first = search(service, "Observation", "_contained=true&_count=2")
+    old_style = Mark((1, "DiagnosticReport"), "r1", "o2")        # four fields, no direction
+    raw = base64.urlsafe_b64encode(json.dumps([1, "DiagnosticReport", "r1", "o2"]).encode()).decode().rstrip("=")
+    assert Mark.decode(raw) == old_style
+    bundle = search(service, "Observation", f"_contained=true&_count=2&_cursor={raw}")
+    assert full_urls(bundle) == full_urls(service.search("Observation", following(first), base_url=BASE))
 
 
 def test_total_counts_contained_resources(service: SearchService) -> None:

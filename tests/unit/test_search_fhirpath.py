@@ -57,10 +57,11 @@ def test_every_core_expression_matches_fhirpathpy(definitions) -> None:
     assert compared > 3000
     assert mismatches == 0
     # only these need the general engine; everything else runs on the typed walker (our MHD author
-    # names read the contained author through %resource)
+    # names read the contained author through %resource; a message's conversation is built with select())
     assert fallbacks == {"Bundle-composition", "Bundle-message", "Patient-deceased",
                          "questionnaireresponse-extensions-QuestionnaireResponse-item-subject",
-                         "Espace-DocumentReference-author-given", "Espace-DocumentReference-author-family"}
+                         "Espace-DocumentReference-author-given", "Espace-DocumentReference-author-family",
+                         "Communication-conversation"}
 
 
 def test_resource_level_parameters_apply_to_every_type(definitions) -> None:

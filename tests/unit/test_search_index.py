@@ -110,6 +110,30 @@ def test_meta_parameters(registry: SearchRegistry) -> None:
     assert index["_security"] == ["R", "http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R"]
     assert index["_tag"] == ["test", "|test"]
     assert index["_source"] == "https://dpi.example.org"
+    # together as terms too, so that one index per collection serves all four
+    assert index["_meta"] == ["_tag=test", "_tag=|test", "_security=R",
+                              "_security=http://terminology.hl7.org/CodeSystem/v3-Confidentiality|R",
+                              "_profile=https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient",
+                              "_source=https://dpi.example.org"]
+    assert "_meta" not in registry.extract_index({"resourceType": "Patient", "id": "p", "gender": "male"})
+
+
+def test_composites_know_the_parameter_of_their_first_component(registry: SearchRegistry) -> None:
+    """Its index serves the composite search: the parameter reads every element the component does."""
+    observation = registry.params_for("Observation")
+    assert observation["code-value-quantity"].leading == "code"
+    assert observation["component-code-value-quantity"].leading == "component-code"
+    assert observation["combo-code-value-quantity"].leading == "combo-code"
+    # R4's definition reads `relatesTo.code` with the definition of `relatesTo.target`: no such parameter
+    assert registry.param("DocumentReference", "relationship").leading is None
+
+
+def test_dates_know_how_long_one_value_lasts(registry: SearchRegistry) -> None:
+    assert registry.param("Patient", "birthdate").span is not None
+    assert registry.param("Immunization", "date").span is not None          # dateTime or string
+    assert registry.param("Encounter", "date").span is None                 # a Period may be open-ended
+    assert registry.param("Observation", "value-quantity").index_fields == ("_index.value-quantity.v",
+                                                                            "_index.value-quantity.cv")
 
 
 def test_looked_up_strings_store_their_prefixes(registry: SearchRegistry) -> None:
