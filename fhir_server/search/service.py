@@ -34,6 +34,7 @@ from fhir_server.search.paging import (
 )
 from fhir_server.search.query import (
     DEFAULT_COUNT,
+    IncludeSpec,
     QueryCompiler,
     SearchRequest,
     Store,
@@ -93,6 +94,7 @@ class SearchService:
         `resource_type -> filter` when access rules differ by type. `compartment` = ("Patient", id)
         for Patient/id/[type]."""
         request = parse_request(params, strict)
+        self._check_includes(request, strict)
         compiler = self._compiler(base_url, extra_filter, strict, request.warnings)
         types = self._types(resource_type, request, compartment, strict)
         if request.contained != "false" and self._contained_applies(resource_type, compartment, request, strict):
@@ -136,6 +138,35 @@ class SearchService:
         if fetched:
             page.first, page.last = fetched[0][0], fetched[-1][0]
         return page
+
+    def _check_includes(self, request: SearchRequest, strict: bool) -> None:
+        """An `_include`/`_revinclude` must name a reference parameter of its source type (and a
+        known target type): otherwise it would silently include nothing."""
+        for name, specs in (("_include", request.includes), ("_revinclude", request.revincludes)):
+            kept = []
+            for spec in specs:
+                problem = self._include_problem(spec)
+                if problem is None:
+                    kept.append(spec)
+                else:
+                    unsupported(f"{name}={spec.text}: {problem}", name, strict, request.warnings)
+            specs[:] = kept
+
+    def _include_problem(self, spec: IncludeSpec) -> str | None:
+        if spec.source == "*":
+            return None
+        if spec.source not in self.registry.known_types:
+            return f"{spec.source} is not a resource type"
+        if spec.target is not None and spec.target not in self.registry.known_types:
+            return f"{spec.target} is not a resource type"
+        if spec.param == "*":
+            return None
+        param = self.registry.params_for(spec.source).get(spec.param)
+        if param is None or param.type != "reference":
+            return f"{spec.source} has no reference search parameter {spec.param}"
+        if spec.target is not None and param.targets and spec.target not in param.targets:
+            return f"{spec.source}:{spec.param} does not refer to {spec.target}"
+        return None
 
     def _compiler(self, base_url: str, extra_filter: ExtraFilter, strict: bool,
                   warnings: list[Issue]) -> QueryCompiler:

@@ -271,6 +271,25 @@ def test_unknown_parameters(service: SearchService) -> None:
         assert caught.value.status == 400
 
 
+@pytest.mark.parametrize(("name", "value", "why"), [
+    ("_include", "Patient:shoe-size", "no reference search parameter shoe-size"),
+    ("_include", "Patient:gender", "no reference search parameter gender"),          # a token, not a reference
+    ("_include", "Chaussure:organization", "Chaussure is not a resource type"),
+    ("_include", "Patient:organization:Practitioner", "does not refer to Practitioner"),
+    ("_revinclude", "Observation:shoe-size", "no reference search parameter shoe-size"),
+])
+def test_an_include_that_names_nothing_is_reported(service: SearchService, name: str, value: str, why: str) -> None:
+    """It would silently include nothing: a warning in the bundle, or 400 under strict handling."""
+    bundle = search(service, "Patient", [(name, value)])
+    outcome = bundle["entry"][-1]
+    assert outcome["search"]["mode"] == "outcome"
+    assert why in outcome["resource"]["issue"][0]["diagnostics"]
+    assert outcome["resource"]["issue"][0]["expression"] == [name]
+    with pytest.raises(FhirError) as caught:
+        search(service, "Patient", [(name, value)], strict=True)
+    assert caught.value.status == 400
+
+
 def test_system_level_search(service: SearchService) -> None:
     bundle = search(service, None, [("_type", "Patient,Practitioner"), ("_sort", "_id"), ("_count", "3"),
                                     ("_total", "accurate")])
