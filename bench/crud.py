@@ -1,5 +1,5 @@
-"""create / read / update through the HTTP server, at 1 and 8 concurrent clients, next to raw
-pymongo insert / find on the same database in the same run (the floor)."""
+"""create / read / update / search (by `_id`) through the HTTP server, at 1 and 8 concurrent
+clients, next to raw pymongo insert / find on the same database in the same run (the floor)."""
 
 from __future__ import annotations
 
@@ -62,9 +62,13 @@ def http_crud(base: str, operations: int, clients: int, headers: dict[str, str])
     def update(i: int) -> None:
         http().put(f"/Patient/{ids[i]}", json={**PATIENT, "id": ids[i], "active": True}).raise_for_status()
 
+    def search(i: int) -> None:
+        http().get("/Patient", params={"_id": ids[i]}).raise_for_status()
+
     return [run_concurrently("HTTP create (POST)", clients, operations, create),
             run_concurrently("HTTP read (GET)", clients, operations, read),
-            run_concurrently("HTTP update (PUT)", clients, operations, update)]
+            run_concurrently("HTTP update (PUT)", clients, operations, update),
+            run_concurrently("HTTP search (GET ?_id=)", clients, operations, search)]
 
 
 def main(operations: int = 500) -> None:

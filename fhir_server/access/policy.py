@@ -78,6 +78,8 @@ ANY_OTHER_TYPE = "*"
 IDENTITY_TYPES = frozenset({"Patient", "Practitioner", "PractitionerRole", "Organization"})
 
 Lookup = Callable[[str, list[tuple[str, str]]], list[str]]      # (type, search params) -> ids
+# A resource's search index, or how to extract it when it turns out to be needed.
+IndexSource = dict | Callable[[], dict]
 
 
 @dataclass
@@ -104,12 +106,15 @@ class AccessPolicy:
         self._identity_cache: dict[tuple, tuple[float, list[str]]] = {}
 
     # -- write side: the _acl of a resource ---------------------------------------------------
-    def acl_for(self, resource_type: str, resource: dict, index: dict, session: Any = None) -> dict | None:
+    def acl_for(self, resource_type: str, resource: dict, index: dict, session: Any = None,
+                known_invisible: dict[str, bool] | None = None) -> dict | None:
+        """`known_invisible` (AuditEvent only): what the caller already knows of the resources the
+        event names, by "Type/id" (see AuditRecord.known_invisible); the others are looked up."""
         patients = self.patients_of(resource_type, resource, index)
         if not patients:
             return None
         if resource_type == "AuditEvent":
-            return self._audit_acl(resource, patients, session)
+            return self._audit_acl(resource, patients, session, known_invisible or {})
         state = self._state_of(patients, session)
         labels = _labels(resource)
         own = [f"class:{c}" for c in self.matrix.classes_of(resource)]
@@ -130,7 +135,9 @@ class AccessPolicy:
             acl["participants"] = sorted(_participants(resource))
         return acl
 
-    def patients_of(self, resource_type: str, resource: dict, index: dict) -> list[str]:
+    def patients_of(self, resource_type: str, resource: dict, index: IndexSource) -> list[str]:
+        """`index` may be a function giving it: it is only extracted when the type's compartment
+        parameters are needed (not for a Patient, an AuditEvent about patients, a document)."""
         if resource_type == "Patient":
             return [f"Patient/{resource.get('id')}"]
         if resource_type == "AuditEvent" and _audit_patients(resource):
@@ -141,6 +148,8 @@ class AccessPolicy:
         params = self.compartment_params.get(resource_type)
         if not params:
             return []
+        if callable(index):
+            index = index()
         values: list[object] = []
         for param in params:
             found = index.get(param)
@@ -166,27 +175,36 @@ class AccessPolicy:
                     return [f"Patient/{i}" for i in stored]
         return [f"Patient/{subject['id']}"] if isinstance(subject.get("id"), str) else []
 
-    def _audit_acl(self, event: dict, patients: list[str], session: Any) -> dict:
+    def _audit_acl(self, event: dict, patients: list[str], session: Any, known_invisible: dict[str, bool]) -> dict:
         """An AuditEvent is read by its patient and auditors only (professionals never read the
         trail, so no consent token is needed); one about a resource invisible to the patient is
         invisible to them too, or its entity and title would reveal it."""
-        own = [INVISIBLE] if self._concerns_invisible(event, session) else []
+        own = [INVISIBLE] if self._concerns_invisible(event, session, known_invisible) else []
         return {"patients": patients, "authors": [], "authorised": [], "own": own, "consent": [], "deny": own}
 
-    def _concerns_invisible(self, event: dict, session: Any) -> bool:
+    def _concerns_invisible(self, event: dict, session: Any, known_invisible: dict[str, bool] | None = None) -> bool:
         ids_by_type: dict[str, set[str]] = {}
         for reference in _audit_data_references(event):
             resource_type, _, resource_id = reference.partition("/")
-            if resource_type in self.compartment_params or resource_type in CONTENT_TYPES:
-                ids_by_type.setdefault(resource_type, set()).add(resource_id)
-        return any(self.store.find(t, {"_id": {"$in": sorted(ids)}, "_acl.deny": INVISIBLE}, limit=1,
-                                   projection={"_id": 1}, session=session)
-                   for t, ids in sorted(ids_by_type.items()))
+            if resource_type not in self.compartment_params and resource_type not in CONTENT_TYPES:
+                continue
+            if known_invisible and reference in known_invisible:
+                if known_invisible[reference]:
+                    return True
+                continue
+            ids_by_type.setdefault(resource_type, set()).add(resource_id)
+        # by `_id` alone, tested here: a point lookup, where `_id` + `_acl.deny` makes the embedded
+        # database's planner weigh every index of the collection
+        return any(is_invisible_to_patient(doc.get("_acl"))
+                   for t, ids in sorted(ids_by_type.items())
+                   for doc in self.store.find(t, {"_id": {"$in": sorted(ids)}}, projection={"_acl.deny": 1},
+                                              session=session))
 
     def _state_of(self, patients: list[str], session: Any) -> ConsentState:
         merged = ConsentState()
+        documents = self.store.get_metas([f"consent:{patient}" for patient in patients], session)
         for patient in patients:
-            state = ConsentState.from_document(self.store.get_meta(f"consent:{patient}", session))
+            state = ConsentState.from_document(documents.get(f"consent:{patient}"))
             merged.opposed |= state.opposed
             merged.blocked |= state.blocked
             merged.authorised |= state.authorised
@@ -241,11 +259,19 @@ class AccessPolicy:
         visibility to the patient."""
         if event.new is None or event.acl is None:
             return
-        if event.version > 1:
+        if event.version > 1 and not self._history_already_aligned(event):
             self._align_history(event.resource_type, event.resource_id, event.acl, event.session)
         if (INVISIBLE_TO_PATIENT in _labels(event.old or {})) != (INVISIBLE in event.acl["own"]):
             self._refresh_audit_visibility(f"{event.resource_type}/{event.resource_id}", event.acl["patients"],
                                            event.session)
+
+    def _history_already_aligned(self, event: WriteEvent) -> bool:
+        """In the patient compartment, every version carries the access data of the current one
+        (each write, consent change and upgrade sets them on the current version and the history
+        together), so a write that keeps them unchanged has nothing to realign. Only trusted
+        inside a transaction: without one, an interrupted write may have left older versions behind."""
+        return (event.session is not None and event.old is not None and event.old_acl == event.acl
+                and event.resource_type in self.compartment_params)
 
     def _align_history(self, resource_type: str, resource_id: str, acl: dict, session: Any) -> None:
         """Older versions are read under the current decision: masking a document (or blocking,
@@ -461,6 +487,11 @@ class AccessPolicy:
                                         "be added to it")])
         if actor.kind == "practitioner" and set(access.keys) & set(acl.get("deny", [])):
             raise error(403, "forbidden", "The patient has blocked this professional or organisation")
+
+
+def is_invisible_to_patient(acl: dict | None) -> bool:
+    """Whether access data (`_acl`) make a resource invisible to its patient (INVISIBLE_PATIENT)."""
+    return INVISIBLE in (acl or {}).get("deny", [])
 
 
 def _for_type(resource_type: str | dict, where: dict | None) -> dict | None:

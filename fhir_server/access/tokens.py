@@ -7,6 +7,7 @@ development issuer (`fhir-server token ...`), which is trusted only when configu
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,11 @@ from fhir_server.access.scopes import Scopes
 from fhir_server.engine.errors import FhirError, Issue
 
 ALGORITHMS = ["RS256", "ES256"]
+LEEWAY_SECONDS = 30
+# A verified token is remembered (its signature check costs more than the rest of a small read)
+# until it expires, and at most this long: a key dropped from an issuer's JWKS stops vouching soon.
+VERIFIED_TOKEN_SECONDS = 60
+MAX_VERIFIED_TOKENS = 10_000
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class Authenticator:
     def __init__(self, issuers: list[TrustedIssuer]) -> None:
         self._issuers = {i.issuer: i for i in issuers}
         self._key_sets: dict[str, object] = {}
+        self._verified: dict[str, tuple[float, Actor]] = {}     # token -> (valid until, actor)
 
     def authenticate(self, authorization: str | None) -> Actor:
         if not authorization:
@@ -46,8 +53,21 @@ class Authenticator:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("The Authorization header must be 'Bearer <JWT>'", "invalid_request")
-        claims = self._verify(token.strip())
-        return actor_from_claims(claims)
+        token = token.strip()
+        remembered = self._verified.get(token)
+        if remembered is not None and time.time() < remembered[0]:
+            return remembered[1]
+        claims = self._verify(token)
+        actor = actor_from_claims(claims)
+        self._remember(token, claims, actor)
+        return actor
+
+    def _remember(self, token: str, claims: dict, actor: Actor) -> None:
+        """Until the moment `_verify` would call the token expired, within VERIFIED_TOKEN_SECONDS."""
+        if len(self._verified) >= MAX_VERIFIED_TOKENS:
+            self._verified.clear()
+        now = time.time()
+        self._verified[token] = (min(float(claims["exp"]) + LEEWAY_SECONDS, now + VERIFIED_TOKEN_SECONDS), actor)
 
     def _verify(self, token: str) -> dict:
         try:
@@ -63,7 +83,7 @@ class Authenticator:
         key = self._signing_key(issuer, header.get("kid"))
         try:
             return jwt.decode(token, key, algorithms=ALGORITHMS, audience=issuer.audience, issuer=issuer.issuer,
-                              options={"require": ["exp", "iss", "aud", "sub"]}, leeway=30)
+                              options={"require": ["exp", "iss", "aud", "sub"]}, leeway=LEEWAY_SECONDS)
         except jwt.ExpiredSignatureError:
             raise unauthorized("The token has expired") from None
         except jwt.ImmatureSignatureError:

@@ -19,7 +19,7 @@ event without patient entity is built.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fhir_server.access.actor import Actor
 from fhir_server.audit import codes as c
@@ -36,11 +36,13 @@ class BuiltEvent:
     patient: str | None        # "Patient/x", or None for the global chain
     resource: dict             # the AuditEvent, without chain extension nor meta.lastUpdated
     self_access: bool          # the patient accessed their own record
+    known_invisible: dict[str, bool] = field(default_factory=dict)    # see AuditRecord.known_invisible
 
 
 def build_events(record: AuditRecord, server_name: str) -> list[BuiltEvent]:
     patients: list[str | None] = [*sorted(set(record.patients))] or [None]
-    return [BuiltEvent(patient, build_event(record, patient, server_name), _is_self(record, patient))
+    return [BuiltEvent(patient, build_event(record, patient, server_name), _is_self(record, patient),
+                       record.known_invisible)
             for patient in patients]
 
 

@@ -49,17 +49,21 @@ def without_chain(resource: dict) -> dict:
 
 
 def chain_hash(resource: dict, previous: str) -> str:
-    digest = hashlib.sha256(previous.encode("ascii") + b"\n" + canonical_json(without_chain(resource)))
-    return digest.hexdigest()
+    return _hash_of_bare(without_chain(resource), previous)
+
+
+def _hash_of_bare(bare: dict, previous: str) -> str:
+    """The hash of an event already stripped of its audit-chain extension."""
+    return hashlib.sha256(previous.encode("ascii") + b"\n" + canonical_json(bare)).hexdigest()
 
 
 def with_chain(resource: dict, previous: str) -> dict:
-    """The event with its audit-chain extension (placed right after `meta`, as FHIR JSON orders
-    elements); the hash covers everything else."""
-    digest = chain_hash(resource, previous)
+    """A copy of the event with its audit-chain extension (placed right after `meta`, as FHIR
+    JSON orders elements); the hash covers everything else."""
+    bare = without_chain(resource)            # the one deep copy: hashed, then reused
+    digest = _hash_of_bare(bare, previous)
     extension = {"url": CHAIN_URL, "extension": [{"url": "previous", "valueString": previous},
                                                  {"url": "hash", "valueString": digest}]}
-    bare = without_chain(resource)
     others = bare.pop("extension", [])
     chained: dict = {}
     for key, value in bare.items():

@@ -112,7 +112,7 @@ class Auditor:
             emergency=bool(actor and actor.is_emergency),
             consent_denied=consent_denied, consent_references=consent_references,
             actor_patients=list(access.patients) if access else [],
-            known_invisible={ref: is_invisible_to_patient(acl) for ref, acl in event.ctx.read_acls.items()},
+            known_invisible=_known_invisible(event),
         )
         audited(lambda: self.trail.record(record))
         notifier = getattr(self.server, "notifier", None)
@@ -187,6 +187,16 @@ def _resources_of(body: dict | None) -> list[dict]:
     if body.get("resourceType") in ("OperationOutcome", "CapabilityStatement", "Parameters"):
         return []
     return [body]
+
+
+def _known_invisible(event: AccessEvent) -> dict[str, bool]:
+    """A read of the current version brings that version's access data with it (see
+    RequestContext.read_acls): the trail need not look them up again. Only for the resource
+    read just now: an earlier read of the same request may predate a write of it."""
+    reference = _addressed(event)
+    if event.interaction != "read" or event.error is not None or reference not in event.ctx.read_acls:
+        return {}
+    return {reference: is_invisible_to_patient(event.ctx.read_acls[reference])}
 
 
 def _reference(resource: dict) -> str:

@@ -79,6 +79,10 @@ class AuditRecord:
     # patient's own accesses, which the access history can leave out.
     actor_patients: list[str] = field(default_factory=list)
     recorded: datetime = field(default_factory=now)
+    # What the engine already knows, by "Type/id", of whether a touched resource is invisible to
+    # its patient (INVISIBLE_PATIENT, from its `_acl`): the audit trail then does not look it up
+    # again to decide whether the patient may read the AuditEvent.
+    known_invisible: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.interaction not in INTERACTIONS:

@@ -11,11 +11,15 @@ and the head of each chain lives in `_meta` under the chain key:
     {"_id": "audit-chain:Patient/x", "_ver": <seq of the last event>, "hash": <its hash>,
      "last": <its id>}
 
-Appending is an optimistic compare-and-set on the head's `_ver` (store.insert for the first
-event, store.replace with the expected `_ver` afterwards). The head moves *before* the event is
-written, so on a deployment without transactions a crash in between leaves a head pointing at a
-missing event (reported by `verify` as a missing link) rather than two events claiming the same
-predecessor (a silent fork).
+Appending is an optimistic compare-and-set on the head's `_ver` and `hash` (an insert for the
+first event, a compare-and-set afterwards). The head moves *before* the event is written, so on
+a deployment without transactions a crash in between leaves a head pointing at a missing event
+(reported by `verify` as a missing link) rather than two events claiming the same predecessor (a
+silent fork). The head this process wrote last is remembered (heads.py), so that the next append
+to the chain need not read it: the compare-and-set tells when it is stale. In a transaction of
+its own (reads, searches), the heads and events of one interaction are written together in one
+round trip; in the caller's transaction (writes), the head moves first and alone, so that a miss
+writes nothing and is retried in place.
 
 Contention: inside one process, appends to a chain queue on a striped lock (locks.py) rather than
 collide; the compare-and-set, retried with jittered backoff, covers the other processes. When the
@@ -25,10 +29,11 @@ fails the request as transient: no unaudited access).
 
 from __future__ import annotations
 
-import copy
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
@@ -36,13 +41,14 @@ from dateutil import parser as date_parser
 
 from fhir_server.audit.builder import BuiltEvent, build_events
 from fhir_server.audit.chain import GENESIS, chain_facts, chain_key, patients_of_event, with_chain, without_chain
+from fhir_server.audit.heads import ChainHeads
 from fhir_server.audit.history import access_history
 from fhir_server.audit.locks import ChainLocks
 from fhir_server.audit.record import AuditRecord
 from fhir_server.audit.verify import VerifyReport, verify_chains
 from fhir_server.engine.model import instant, new_id, now
-from fhir_server.storage import MongoStore, Session, StorageConflict
-from fhir_server.storage.mongo import META
+from fhir_server.storage import CompareAndSet, Insert, MongoStore, Session, StorageConflict, Write
+from fhir_server.storage.mongo import HISTORY, META
 
 AUDIT_EVENT = "AuditEvent"
 MAX_ATTEMPTS = 60
@@ -66,7 +72,8 @@ class Indexer(Protocol):
 
 
 class AclPolicy(Protocol):
-    def acl_for(self, resource_type: str, resource: dict, index: dict, session: Any = None) -> dict | None: ...
+    def acl_for(self, resource_type: str, resource: dict, index: dict, session: Any = None,
+                known_invisible: dict[str, bool] | None = None) -> dict | None: ...
 
 
 class AuditChainConflict(StorageConflict):
@@ -81,6 +88,8 @@ class AuditTrail:
         self.policy = policy
         self.server_name = server_name
         self.locks = ChainLocks()
+        self.heads = ChainHeads()
+        self._batch = threading.local()      # see _batching
 
     # -- writing --------------------------------------------------------------------------------
     def record(self, record: AuditRecord, session: Session = None) -> list[str]:
@@ -120,8 +129,18 @@ class AuditTrail:
             return [_retry(lambda built=built: self._link_and_store(built, None), _is_conflict) for built in events]
 
     def _all_in_own_transaction(self, events: list[BuiltEvent]) -> list[str]:
-        with self.store.transaction() as own:
-            return [self._link_and_store(built, own) for built in events]
+        try:
+            with self.store.transaction() as own, self._batching(own) as writes:
+                ids = [self._link_and_store(built, own) for built in events]
+                # heads and events of the whole interaction in one round trip: a head that moved
+                # meanwhile aborts the transaction, which is then retried as a whole
+                self.store.write_all(writes, own)
+                return ids
+        except BaseException:
+            # rolled back: the heads remembered for these chains were never committed
+            for built in events:
+                self.heads.forget(chain_key(built.patient))
+            raise
 
     def _append_in_session(self, built: BuiltEvent, session: Session) -> str:
         # The caller commits, not us, so the lock cannot be held until the head is committed, and
@@ -135,28 +154,59 @@ class AuditTrail:
 
     def _link_and_store(self, built: BuiltEvent, session: Session) -> str:
         key = chain_key(built.patient)
-        head = self.store.get_meta(key, session)
+        head = self.heads.get(key) or self.store.get_meta(key, session)
         previous, seq = (head["hash"], head["_ver"] + 1) if head else (GENESIS, 1)
         moment = now()
-        resource = copy.deepcopy(built.resource)
-        resource.setdefault("meta", {})["lastUpdated"] = instant(moment)
-        chained = with_chain(resource, previous)
+        # with_chain copies deeply; built.resource stays untouched for a retry
+        stamped = {**built.resource, "meta": {**(built.resource.get("meta") or {}), "lastUpdated": instant(moment)}}
+        chained = with_chain(stamped, previous)
         _, digest = chain_facts(chained)
         new_head = {"_id": key, "_ver": seq, "hash": digest, "last": chained["id"]}
-        if head is None:
-            self.store.insert(META, new_head, session)
-        else:
-            self.store.replace(META, new_head, head["_ver"], session)
-        self._store_event(chained, moment, {"chain": key, "seq": seq, "patient": built.patient,
-                                            "recorded": _recorded(chained, moment), "self": built.self_access},
-                          session)
+        audit = {"chain": key, "seq": seq, "patient": built.patient, "recorded": _recorded(chained, moment),
+                 "self": built.self_access}
+        try:
+            self._write_link(_head_write(head, new_head),
+                             self._event_writes(chained, moment, audit, session, built.known_invisible), session)
+        except BaseException:
+            self.heads.forget(key)        # stale, or written by a step that failed: read it again
+            raise
+        self.heads.remember(new_head)
         return chained["id"]
 
-    def _store_event(self, resource: dict, moment: datetime, audit: dict, session: Session) -> None:
+    def _write_link(self, head_write: Write, event_writes: list[Write], session: Session) -> None:
+        """Into the open batch of our own transaction. Otherwise together, unless the head moves
+        by compare-and-set: that one goes alone first, so that a miss writes nothing and can be
+        retried in place (a failed insert stops the writes after it)."""
+        batch = self._open_batch(session)
+        if batch is not None:
+            batch += [head_write, *event_writes]
+        elif isinstance(head_write, CompareAndSet):
+            self.store.write_all([head_write], session)
+            self.store.write_all(event_writes, session)
+        else:
+            self.store.write_all([head_write, *event_writes], session)
+
+    @contextmanager
+    def _batching(self, session: Session) -> Iterator[list[Write]]:
+        """While open, `_link_and_store` in `session` (our own transaction, in this thread) adds
+        its writes to the yielded list instead of making them."""
+        self._batch.open = (session, [])
+        try:
+            yield self._batch.open[1]
+        finally:
+            self._batch.open = None
+
+    def _open_batch(self, session: Session) -> list[Write] | None:
+        opened = getattr(self._batch, "open", None)
+        return opened[1] if opened is not None and session is not None and opened[0] is session else None
+
+    def _event_writes(self, resource: dict, moment: datetime, audit: dict, session: Session,
+                      known_invisible: dict[str, bool] | None = None) -> list[Write]:
+        """The AuditEvent document and its history version."""
         index = self.indexer.extract_index(resource)
         doc: dict = {"_id": resource["id"], "resource": resource, "_ver": 1, "_lastUpdated": moment,
                      "_index": index}
-        acl = self.policy.acl_for(AUDIT_EVENT, resource, index, session) if self.policy else None
+        acl = self.policy.acl_for(AUDIT_EVENT, resource, index, session, known_invisible) if self.policy else None
         if acl is not None:
             doc["_acl"] = acl
         doc["_audit"] = audit
@@ -164,8 +214,7 @@ class AuditTrail:
                    "method": "POST", "lastUpdated": moment, "resource": resource}
         if acl is not None:
             version["_acl"] = acl
-        self.store.insert(AUDIT_EVENT, doc, session)
-        self.store.add_version(version, session)
+        return [Insert(AUDIT_EVENT, doc), Insert(HISTORY, version)]
 
     # -- reading --------------------------------------------------------------------------------
     def verify(self, patient: str | None = None) -> VerifyReport:
@@ -177,6 +226,14 @@ class AuditTrail:
                        where: dict | None = None) -> dict:
         """The Bundle answering `GET Patient/[id]/$access-history` (see `history.py`)."""
         return access_history(self.store, patient, params, base_url, where)
+
+
+def _head_write(head: dict | None, new_head: dict) -> Write:
+    """Move a chain head: created with the chain's first event, then compare-and-set on the
+    `_ver` and `hash` it had when the event was linked to it."""
+    if head is None:
+        return Insert(META, new_head)
+    return CompareAndSet(META, new_head, {"_ver": head["_ver"], "hash": head["hash"]})
 
 
 def _recorded(resource: dict, fallback: datetime) -> datetime:

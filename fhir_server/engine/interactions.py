@@ -221,12 +221,16 @@ class Interactions:
                          session: Session) -> dict | None:
         """The current version; a resource the actor may not see answers as if it did not exist
         (and may not be overwritten by an update-as-create)."""
-        current = self.store.get(resource_type, resource_id, session)
         where = self.read_filter(ctx, resource_type)
-        if current is not None and where is not None and \
-                self.store.get(resource_type, resource_id, session, where) is None:
+        if where is None:
+            return self.store.get(resource_type, resource_id, session)
+        # one read when the resource is visible (the usual case); a second tells hidden from absent
+        visible = self.store.get(resource_type, resource_id, session, where)
+        if visible is not None:
+            return visible
+        if self.store.get(resource_type, resource_id, session) is not None:
             raise not_found(f"{resource_type}/{resource_id} does not exist")
-        return current
+        return None
 
     def _replace(self, resource_type: str, current: dict, resource: dict, ctx: RequestContext,
                  session: Session, interaction: str) -> Result:

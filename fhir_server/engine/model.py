@@ -25,6 +25,9 @@ class RequestContext:
     strict_handling: bool = False               # Prefer: handling=strict
     access: Any = None                          # access.policy.RequestAccess of the authenticated actor
     observed: bool = False                      # the access observers (audit) have seen this request
+    # Access data (`_acl`) of the current versions this request read, by "Type/id": the audit
+    # trail learns from them what it would otherwise look up again.
+    read_acls: dict[str, dict | None] = field(default_factory=dict)
 
 
 @dataclass

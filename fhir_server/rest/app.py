@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
+from starlette.routing import Route
 
 from fhir_server.config import Settings
 from fhir_server.definitions.paths import PROJECT_ROOT
@@ -37,7 +38,7 @@ def create_app(settings: Settings, mongodb_uri: str) -> FastAPI:
     app.state.fhir = server
     websocket.mount(app, server)             # Subscriptions' websocket channel: /fhir/websocket
 
-    async def handle(request: Request, path: str = "") -> Response:
+    async def handle(request: Request) -> Response:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
             too_large = router._error(error(413, "too-costly", f"The body is {declared} bytes; the limit is "
@@ -47,7 +48,7 @@ def create_app(settings: Settings, mongodb_uri: str) -> FastAPI:
         base_url = settings.base_url or str(request.base_url).rstrip("/") + BASE_PATH
         http_request = HttpRequest(
             method=request.method,
-            path=path,
+            path=request.path_params.get("path", ""),
             query=parse_qsl(request.url.query, keep_blank_values=True),
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
@@ -60,6 +61,8 @@ def create_app(settings: Settings, mongodb_uri: str) -> FastAPI:
 
     if IG_SITE.is_dir():
         app.mount("/ig", StaticFiles(directory=IG_SITE, html=True), name="ig")
-    app.add_api_route(BASE_PATH, handle, methods=METHODS)
-    app.add_api_route(BASE_PATH + "/{path:path}", handle, methods=METHODS)
+    # Plain Starlette routes: the Router does all the parsing, so FastAPI's per-request
+    # dependency and parameter resolution would only add latency.
+    app.router.routes.append(Route(BASE_PATH, handle, methods=METHODS))
+    app.router.routes.append(Route(BASE_PATH + "/{path:path}", handle, methods=METHODS))
     return app

@@ -10,6 +10,14 @@ Every version (deletes included, as tombstones) is also a document of the `_hist
     {"_id": "Type/id/ver", "type", "id", "ver", "method", "lastUpdated", "resource" | None}
 """
 
-from fhir_server.storage.mongo import MongoStore, Session, StorageBusy, StorageConflict
+from fhir_server.storage.mongo import (
+    CompareAndSet,
+    Insert,
+    MongoStore,
+    Session,
+    StorageBusy,
+    StorageConflict,
+    Write,
+)
 
-__all__ = ["MongoStore", "Session", "StorageBusy", "StorageConflict"]
+__all__ = ["CompareAndSet", "Insert", "MongoStore", "Session", "StorageBusy", "StorageConflict", "Write"]

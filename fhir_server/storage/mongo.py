@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -25,8 +26,9 @@ from typing import Any, TypeVar
 import pymongo
 from bson.codec_options import CodecOptions, TypeCodec, TypeRegistry
 from bson.decimal128 import Decimal128
+from pymongo import DeleteOne, InsertOne, ReplaceOne
 from pymongo.client_session import ClientSession
-from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import ClientBulkWriteException, DuplicateKeyError, OperationFailure, PyMongoError
 
 HISTORY = "_history"
 META = "_meta"
@@ -42,6 +44,10 @@ class StorageBusy(Exception):
 
 
 TRANSIENT_LABELS = ("TransientTransactionError", "UnknownTransactionCommitResult")
+DUPLICATE_KEY = 11000
+# MongoDB 8.0 (wire version 25) added the client-level `bulkWrite` command: writes to several
+# collections in one round trip.
+CLIENT_BULK_WRITE_WIRE_VERSION = 25
 
 
 class _DecimalCodec(TypeCodec):
@@ -57,20 +63,44 @@ class _DecimalCodec(TypeCodec):
         return value.to_decimal()
 
 
-CODEC_OPTIONS = CodecOptions(tz_aware=True, tzinfo=UTC, type_registry=TypeRegistry([_DecimalCodec()]))
+DECIMALS = TypeRegistry([_DecimalCodec()])
+CODEC_OPTIONS = CodecOptions(tz_aware=True, tzinfo=UTC, type_registry=DECIMALS)
 
 Session = ClientSession | None
 T = TypeVar("T")
 IndexSpec = Sequence[tuple[str, int]]
 
 
+@dataclass(frozen=True)
+class Insert:
+    """A write for `MongoStore.write_all`: insert `doc`; StorageConflict when its `_id` exists."""
+
+    collection: str
+    doc: dict
+
+
+@dataclass(frozen=True)
+class CompareAndSet:
+    """A write for `MongoStore.write_all`: replace `doc` (by `_id`) only if the stored one still
+    has the `expected` field values; StorageConflict otherwise."""
+
+    collection: str
+    doc: dict
+    expected: dict
+
+
+Write = Insert | CompareAndSet
+
+
 class MongoStore:
     def __init__(self, uri: str, database: str) -> None:
+        # The client encodes decimals too: client-level bulk writes use its codec options.
         self.client: pymongo.MongoClient = pymongo.MongoClient(
-            uri, serverSelectionTimeoutMS=15000, tz_aware=True, uuidRepresentation="standard"
+            uri, serverSelectionTimeoutMS=15000, tz_aware=True, uuidRepresentation="standard", type_registry=DECIMALS
         )
         self.db = self.client.get_database(database, codec_options=CODEC_OPTIONS)
         self._supports_transactions: bool | None = None
+        self._supports_client_bulk_write: bool | None = None
 
     # -- set-up ------------------------------------------------------------------------------
     def ping(self) -> None:
@@ -79,9 +109,23 @@ class MongoStore:
     @property
     def supports_transactions(self) -> bool:
         if self._supports_transactions is None:
-            hello = self.client.admin.command("hello")
+            self._learn_deployment()
+        return bool(self._supports_transactions)
+
+    @property
+    def supports_client_bulk_write(self) -> bool:
+        if self._supports_client_bulk_write is None:
+            self._learn_deployment()
+        return bool(self._supports_client_bulk_write)
+
+    def _learn_deployment(self) -> None:
+        hello = self.client.admin.command("hello")
+        if self._supports_transactions is None:
             self._supports_transactions = bool(hello.get("setName") or hello.get("msg") == "isdbgrid")
-        return self._supports_transactions
+        if self._supports_client_bulk_write is None:
+            # a configured read concern would ride on a transaction's first statement (see _transaction_session)
+            self._supports_client_bulk_write = hello.get("maxWireVersion", 0) >= CLIENT_BULK_WRITE_WIRE_VERSION \
+                and not self.client.read_concern.document
 
     def ensure_collections(self, indexes: dict[str, list[IndexSpec]]) -> None:
         """Create every collection up front (no implicit creation inside transactions) and the
@@ -119,7 +163,7 @@ class MongoStore:
         if not self.supports_transactions:
             yield None
             return
-        with self.client.start_session() as session, session.start_transaction():
+        with self._transaction_session() as session, session.start_transaction():
             yield session
 
     def run_in_transaction(self, action: Callable[[Session], T]) -> T:
@@ -128,13 +172,19 @@ class MongoStore:
         transactions, `action(None)` runs once."""
         if not self.supports_transactions:
             return action(None)
-        with self.client.start_session() as session:
+        with self._transaction_session() as session:
             try:
                 return session.with_transaction(action)
             except PyMongoError as exc:
                 if any(exc.has_error_label(label) for label in TRANSIENT_LABELS):
                     raise StorageBusy(str(exc)) from exc
                 raise
+
+    def _transaction_session(self) -> ClientSession:
+        """A session for one unit of work (a transaction and its retries). Not causally
+        consistent: a transaction reads one snapshot of the primary anyway, and so its first
+        statement carries no read concern, which the embedded server refuses on bulkWrite."""
+        return self.client.start_session(causal_consistency=False)
 
     # -- current versions --------------------------------------------------------------------
     def get(self, resource_type: str, resource_id: str, session: Session = None,
@@ -162,6 +212,97 @@ class MongoStore:
         result = self.db[resource_type].delete_one({"_id": resource_id, "_ver": expected_ver}, session=session)
         if result.deleted_count != 1:
             raise StorageConflict(f"{resource_type}/{resource_id} changed concurrently")
+
+    def compare_and_set(self, collection: str, doc: dict, expected: dict, session: Session = None) -> None:
+        """Replace `doc` (by `_id`) only if the stored one still has the `expected` field values."""
+        result = self.db[collection].replace_one({"_id": doc["_id"], **expected}, doc, session=session)
+        if result.matched_count != 1:
+            raise StorageConflict(f"{collection}/{doc['_id']} changed concurrently")
+
+    # -- a write and its history version, together ------------------------------------------
+    # Inside a transaction they go in one client-level bulk write (one round trip instead of two)
+    # when the deployment has it; otherwise one after the other, as separate commands.
+    #
+    # In the bulk, the version goes first and is the compare-and-set: every write that moves a
+    # resource past version n stores version n+1 (`Type/id/n+1`, a unique `_id`) in the same
+    # transaction, so a writer that lost the race stops at that duplicate before touching the
+    # current version. The current version is then addressed by `_id` alone, which every planner
+    # serves as a point lookup (the embedded one weighs each index for `{_id, _ver}`).
+    def insert_with_version(self, resource_type: str, doc: dict, version: dict, session: Session = None) -> None:
+        self.write_all([Insert(resource_type, doc), Insert(HISTORY, version)], session)
+
+    def replace_with_version(self, resource_type: str, doc: dict, expected_ver: int, version: dict,
+                             session: Session = None) -> None:
+        if not self._bulk_ready(session):
+            self.replace(resource_type, doc, expected_ver, session)
+            self.add_version(version, session)
+            return
+        conflict = f"{resource_type}/{doc['_id']} changed concurrently"
+        result = self._write_together([
+            InsertOne(version, namespace=self._namespace(HISTORY)),
+            ReplaceOne({"_id": doc["_id"]}, doc, namespace=self._namespace(resource_type)),
+        ], session, [conflict, conflict])
+        if result.matched_count != 1:
+            raise StorageConflict(conflict)
+
+    def remove_with_version(self, resource_type: str, resource_id: str, expected_ver: int, tombstone: dict,
+                            session: Session = None) -> None:
+        if not self._bulk_ready(session):
+            self.remove(resource_type, resource_id, expected_ver, session)
+            self.add_version(tombstone, session)
+            return
+        conflict = f"{resource_type}/{resource_id} changed concurrently"
+        result = self._write_together([
+            InsertOne(tombstone, namespace=self._namespace(HISTORY)),
+            DeleteOne({"_id": resource_id}, namespace=self._namespace(resource_type)),
+        ], session, [conflict, conflict])
+        if result.deleted_count != 1:
+            raise StorageConflict(conflict)
+
+    def write_all(self, writes: Sequence[Write], session: Session = None) -> None:
+        """Make `writes` in order, stopping at the first conflict (StorageConflict). Inside a
+        transaction they go in one round trip when the deployment allows it; a compare-and-set
+        that misses is then only noticed once the later writes are made too, so the caller must
+        let the conflict abort the transaction (as every transaction here does)."""
+        if len(writes) < 2 or not self._bulk_ready(session):
+            for write in writes:
+                if isinstance(write, CompareAndSet):
+                    self.compare_and_set(write.collection, write.doc, write.expected, session)
+                elif write.collection == HISTORY:
+                    self.add_version(write.doc, session)
+                else:
+                    self.insert(write.collection, write.doc, session)
+            return
+        models = [ReplaceOne({"_id": w.doc["_id"], **w.expected}, w.doc, namespace=self._namespace(w.collection))
+                  if isinstance(w, CompareAndSet) else InsertOne(w.doc, namespace=self._namespace(w.collection))
+                  for w in writes]
+        result = self._write_together(models, session, [_conflict_message(w) for w in writes])
+        expected_sets = [w for w in writes if isinstance(w, CompareAndSet)]
+        if result.matched_count != len(expected_sets):
+            raise StorageConflict(" or ".join(_conflict_message(w) for w in expected_sets))
+
+    def _bulk_ready(self, session: Session) -> bool:
+        """Only inside a transaction (a failure there rolls back the writes that went before it)
+        of a session that sends no read concern (see _transaction_session)."""
+        return session is not None and not session.options.causal_consistency and self.supports_client_bulk_write
+
+    def _namespace(self, collection: str) -> str:
+        return f"{self.db.name}.{collection}"
+
+    def _write_together(self, models: list, session: Session, duplicate_messages: list[str]) -> Any:
+        """One ordered client-level bulk write: it stops at the first failure. A duplicate key
+        becomes StorageConflict (with the message of the failing write), and a command-level
+        error is raised as itself, so that its error labels (TransientTransactionError) still
+        drive the transaction retries."""
+        try:
+            return self.client.bulk_write(models, session=session, ordered=True)
+        except ClientBulkWriteException as exc:
+            if isinstance(exc.error, BaseException):
+                raise exc.error from exc
+            duplicate = next((e for e in exc.write_errors or [] if e.get("code") == DUPLICATE_KEY), None)
+            if duplicate is not None:
+                raise StorageConflict(duplicate_messages[duplicate["idx"]]) from exc
+            raise
 
     def find(
         self,
@@ -265,8 +406,26 @@ class MongoStore:
     def get_meta(self, key: str, session: Session = None) -> dict | None:
         return self.db[META].find_one({"_id": key}, session=session)
 
+    def get_metas(self, keys: list[str], session: Session = None) -> dict[str, dict]:
+        """The entries that exist among `keys`, by key, in one round trip."""
+        if len(keys) == 1:
+            found = self.get_meta(keys[0], session)
+            return {keys[0]: found} if found is not None else {}
+        if not keys:
+            return {}
+        return {doc["_id"]: doc for doc in self.db[META].find({"_id": {"$in": list(keys)}}, session=session)}
+
     def put_meta(self, key: str, value: dict, session: Session = None) -> None:
         self.db[META].replace_one({"_id": key}, {"_id": key, **value}, upsert=True, session=session)
+
+
+def _conflict_message(write: Write) -> str:
+    """What StorageConflict says when `write` conflicts (as the single-write methods say it)."""
+    if isinstance(write, CompareAndSet):
+        return f"{write.collection}/{write.doc['_id']} changed concurrently"
+    if write.collection == HISTORY:
+        return f"version {write.doc['_id']} already exists"
+    return f"{write.collection}/{write.doc['_id']} already exists"
 
 
 def _split(query: dict) -> tuple[dict, dict | None]:
