@@ -45,6 +45,13 @@ if TYPE_CHECKING:
 
 DEFAULT_HISTORY_COUNT = 20
 MAX_HISTORY_COUNT = 1000
+# An update or patch without If-Match that loses a race is applied again to the new current
+# version (last writer wins, as the client did not ask for a version check).
+UNVERSIONED_WRITE_ATTEMPTS = 5
+
+
+class ConcurrentModification(FhirError):
+    """409: another writer changed the resource between our read and our write."""
 
 
 class Search(Protocol):
@@ -203,6 +210,11 @@ class Interactions:
         if body_id != resource_id:
             raise bad_request(f"The resource id '{body_id}' does not match the id '{resource_id}' in the URL",
                               f"{resource_type}.id")
+        return self._last_writer_wins(if_match, session, lambda: self._update_once(
+            resource_type, resource_id, resource, ctx, if_match, session))
+
+    def _update_once(self, resource_type: str, resource_id: str, resource: dict, ctx: RequestContext,
+                     if_match: str | None, session: Session) -> Result:
         current = self._visible_current(resource_type, resource_id, ctx, session)
         if current is None:
             if if_match:
@@ -287,6 +299,11 @@ class Interactions:
     def patch(self, resource_type: str, resource_id: str, patch_body: Any, patch_format: str,
               ctx: RequestContext, if_match: str | None = None, session: Session = None) -> Result:
         self._guard(ctx, resource_type, "patch")
+        return self._last_writer_wins(if_match, session, lambda: self._patch_once(
+            resource_type, resource_id, patch_body, patch_format, ctx, if_match, session))
+
+    def _patch_once(self, resource_type: str, resource_id: str, patch_body: Any, patch_format: str,
+                    ctx: RequestContext, if_match: str | None, session: Session) -> Result:
         current = self._visible_current(resource_type, resource_id, ctx, session)
         if current is None:
             raise self._missing(resource_type, resource_id, session, self.read_filter(ctx, resource_type))
@@ -457,8 +474,22 @@ class Interactions:
                 return
             self.store.run_in_transaction(action)
         except StorageConflict as exc:
-            raise error(409, "conflict", f"Concurrent modification: {exc}. Read the resource again and retry") \
-                from exc
+            conflict = error(409, "conflict", f"Concurrent modification: {exc}. Read the resource again and retry")
+            raise ConcurrentModification(conflict.status, conflict.issues) from exc
+
+    @staticmethod
+    def _last_writer_wins(if_match: str | None, session: Session, attempt: Callable[[], Result]) -> Result:
+        """Without If-Match (and outside a caller's transaction, which must fail as a whole), a
+        write that lost a race to a concurrent one — e.g. the notification worker activating a
+        Subscription just created — is read and applied again instead of answering 409."""
+        if if_match or session is not None:
+            return attempt()
+        for _ in range(UNVERSIONED_WRITE_ATTEMPTS - 1):
+            try:
+                return attempt()
+            except ConcurrentModification:
+                continue
+        return attempt()
 
     @staticmethod
     def _run(hooks: list[WriteHook], event: WriteEvent, session: Session = None) -> None:

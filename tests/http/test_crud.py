@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+from fhir_server.storage import StorageConflict
 from tests.http.conftest import JSON, issue_expressions, patient
 
 
@@ -195,3 +196,41 @@ def test_binary_raw_round_trip(client):
     assert raw.headers["Content-Type"] == "application/pdf"
     as_fhir = client.get(f"/fhir/Binary/{bid}", headers={"Accept": JSON})
     assert as_fhir.json()["contentType"] == "application/pdf"
+
+
+def _losing_once(store, monkeypatch) -> list[int]:
+    """The next replace of a current version loses a race to a concurrent writer, once."""
+    lost: list[int] = []
+    real = type(store).replace_with_version
+
+    def replace(self, resource_type, doc, expected_ver, version, session=None):
+        if not lost:
+            lost.append(expected_ver)
+            raise StorageConflict(f"{resource_type}/{doc['_id']} changed concurrently")
+        return real(self, resource_type, doc, expected_ver, version, session)
+    monkeypatch.setattr(type(store), "replace_with_version", replace)
+    return lost
+
+
+def test_an_unversioned_update_that_loses_a_race_is_applied_again(client, monkeypatch) -> None:
+    created = client.post("/fhir/Patient", json=patient(family="Course")).json()
+    store = client.app.state.fhir.store
+    with monkeypatch.context() as patch:
+        lost = _losing_once(store, patch)
+        updated = client.put(f"/fhir/Patient/{created['id']}", json={**created, "gender": "female"})
+        patched = client.patch(f"/fhir/Patient/{created['id']}", json=[{"op": "add", "path": "/active",
+                                                                       "value": True}],
+                               headers={"Content-Type": "application/json-patch+json"})
+    assert lost and updated.status_code == 200 and patched.status_code == 200, (updated.text, patched.text)
+    assert client.get(f"/fhir/Patient/{created['id']}").json()["meta"]["versionId"] == "3"
+
+
+def test_a_versioned_update_that_loses_a_race_is_a_conflict(client, monkeypatch) -> None:
+    created = client.post("/fhir/Patient", json=patient(family="Course")).json()
+    store = client.app.state.fhir.store
+    with monkeypatch.context() as patch:
+        _losing_once(store, patch)
+        response = client.put(f"/fhir/Patient/{created['id']}", json={**created, "gender": "female"},
+                              headers={"If-Match": 'W/"1"'})
+    assert response.status_code == 409, response.text
+    assert client.get(f"/fhir/Patient/{created['id']}").json()["meta"]["versionId"] == "1"
