@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SEEN_CACHE_SIZE = 100_000
 RPPS_IDENTIFIER_SYSTEMS = ("https://rpps.esante.gouv.fr|{rpps}", "urn:oid:1.2.250.1.71.4.2.1|8{rpps}")
 
 
@@ -65,6 +66,9 @@ class Notifier:
         self.process_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         # Read by the worker at every round: tests and operators may replace it at run time.
         self.config = config or NotifyConfig()
+        # (patient, professional) pairs known to have accessed the record: "seen" never reverts,
+        # so a hit spares the look-up on every later read (bounded: cleared when full).
+        self._seen: set[tuple[str, str]] = set()
         self.rules = SubscriptionRules(server, store, lambda: self.config.endpoints)
         self.worker: DeliveryWorker | None = None         # set by install()
 
@@ -139,11 +143,19 @@ class Notifier:
             return []
         patient = patient if patient.startswith("Patient/") else f"Patient/{patient}"
         emergency = emergency or actor.is_emergency
-        if not emergency and self.store.was_seen(patient, actor_key(actor), session):
-            return []                   # the common case, on every read: one indexed look-up, no write
+        pair = (patient, actor_key(actor))
+        if not emergency and (pair in self._seen or self.store.was_seen(*pair, session)):
+            if session is None:         # what a transaction saw may still be rolled back
+                self._remember_seen(pair)
+            return []                   # the common case, on every read: no write, mostly no look-up
         if session is not None:
             return self._access_notices(patient, actor, emergency, session)
         return self.server.store.run_in_transaction(lambda s: self._access_notices(patient, actor, emergency, s))
+
+    def _remember_seen(self, pair: tuple[str, str]) -> None:
+        if len(self._seen) >= SEEN_CACHE_SIZE:
+            self._seen.clear()
+        self._seen.add(pair)
 
     def _access_notices(self, patient: str, actor: Actor, emergency: bool, session: Session) -> list[str]:
         first = self.store.mark_seen(patient, actor_key(actor), now(), session)
