@@ -7,6 +7,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -50,11 +51,13 @@ def database() -> Iterator[str]:
     if uri:
         yield uri
         return
-    db = start_embedded(":memory:")
-    try:
-        yield db.uri
-    finally:
-        db.stop()
+    # on disk: the in-memory store's fixed cache overflows at the search benchmark's 100k resources
+    with tempfile.TemporaryDirectory(prefix="espace-bench-") as folder:
+        db = start_embedded(folder)
+        try:
+            yield db.uri
+        finally:
+            db.stop()
 
 
 @contextmanager
