@@ -233,30 +233,32 @@ class MongoStore:
 
     def replace_with_version(self, resource_type: str, doc: dict, expected_ver: int, version: dict,
                              session: Session = None) -> None:
-        if not self._bulk_ready(session):
+        def one_by_one() -> None:
             self.replace(resource_type, doc, expected_ver, session)
             self.add_version(version, session)
-            return
-        conflict = f"{resource_type}/{doc['_id']} changed concurrently"
-        result = self._write_together([
-            InsertOne(version, namespace=self._namespace(HISTORY)),
-            ReplaceOne({"_id": doc["_id"]}, doc, namespace=self._namespace(resource_type)),
-        ], session, [conflict, conflict])
-        if result.matched_count != 1:
-            raise StorageConflict(conflict)
+        model = ReplaceOne({"_id": doc["_id"]}, doc, namespace=self._namespace(resource_type))
+        self._with_version(resource_type, doc["_id"], version, model, one_by_one, session)
 
     def remove_with_version(self, resource_type: str, resource_id: str, expected_ver: int, tombstone: dict,
                             session: Session = None) -> None:
-        if not self._bulk_ready(session):
+        def one_by_one() -> None:
             self.remove(resource_type, resource_id, expected_ver, session)
             self.add_version(tombstone, session)
+        model = DeleteOne({"_id": resource_id}, namespace=self._namespace(resource_type))
+        self._with_version(resource_type, resource_id, tombstone, model, one_by_one, session)
+
+    def _with_version(self, resource_type: str, resource_id: str, version: dict, current: ReplaceOne | DeleteOne,
+                      one_by_one: Callable[[], None], session: Session) -> None:
+        """The version first (its unique id is the compare-and-set), then `current` on the
+        current version, in one bulk; `one_by_one` where bulks are not ready."""
+        if not self._bulk_ready(session):
+            one_by_one()
             return
         conflict = f"{resource_type}/{resource_id} changed concurrently"
-        result = self._write_together([
-            InsertOne(tombstone, namespace=self._namespace(HISTORY)),
-            DeleteOne({"_id": resource_id}, namespace=self._namespace(resource_type)),
-        ], session, [conflict, conflict])
-        if result.deleted_count != 1:
+        result = self._write_together([InsertOne(version, namespace=self._namespace(HISTORY)), current],
+                                      session, [conflict, conflict])
+        touched = result.deleted_count if isinstance(current, DeleteOne) else result.matched_count
+        if touched != 1:
             raise StorageConflict(conflict)
 
     def write_all(self, writes: Sequence[Write], session: Session = None) -> None:
