@@ -97,6 +97,17 @@ class IndexFittedStore:
     def count(self, resource_type: str, query: dict, limit: int = 0) -> int:
         return self.store.count(resource_type, self.fit(resource_type, query), limit)
 
+    def find_and_count(self, resource_type: str, query: dict, after: dict | None, sort: list[tuple[str, int]],
+                       limit: int, projection: dict | None = None) -> tuple[list[dict], int]:
+        """A page and the count of all matches. One pass serves both when the fitted query tests
+        operators on each candidate it fetches (see `MongoStore.find_and_count`); an index-served
+        query keeps its limited fetch and its index-only count."""
+        fitted = self.fit(resource_type, query)
+        if any(name.startswith("$") for name in fitted):
+            return self.store.find_and_count(resource_type, fitted, after, sort, limit, projection)
+        return (self.find(resource_type, and_filters(query, after), sort, limit, projection),
+                self.store.count(resource_type, fitted))
+
     def update_many(self, resource_type: str, query: dict, update: dict) -> int:
         return self.store.update_many(resource_type, query, update)
 

@@ -105,8 +105,9 @@ class SearchService:
         plans = [p for p in plans if p.alternatives]
         if not request.sort and len(plans) == 1:
             plans[0].keys = self._implicit_keys(plans[0])
-        total = self._total(plans, request)
-        page = self._page(plans, request)
+        page, total = self._page(plans, request)
+        if total is None:
+            total = self._total(plans, request)
         resolver = IncludeResolver(self.registry, self.store, extra_filter)
         included = resolver.resolve(page.matches, request.includes, request.revincludes) if page.matches else []
         for rule in resolver.truncated:
@@ -121,14 +122,17 @@ class SearchService:
             entries.append(bundles.outcome_entry(_unique(request.warnings)))
         return bundles.searchset(entries, links, total)
 
-    def _page(self, plans: list[_Plan], request: SearchRequest) -> _Page:
+    def _page(self, plans: list[_Plan], request: SearchRequest) -> tuple[_Page, int | None]:
         """The matches of the requested page: after (or, for a `previous` link, before) the
-        cursor position, one more than asked to know whether another page follows."""
+        cursor position, one more than asked to know whether another page follows. With them the
+        accurate total when the same query gave it (else None: counted on its own)."""
         if request.count == 0 or request.summary == "count" or not plans:
-            return _Page()
+            return _Page(), None
         position, backwards = (decode_cursor(request.cursor, len(plans[0].keys))
                                if request.cursor else (None, False))
-        fetched = self._fetch(plans, position, backwards, request.count + 1, self._projection(request, plans))
+        counting = _total_mode(request) == "accurate"
+        fetched, total = self._fetch(plans, position, backwards, request.count + 1, self._projection(request, plans),
+                                     counting)
         more = len(fetched) > request.count
         fetched = fetched[:request.count]
         if backwards:
@@ -137,7 +141,7 @@ class SearchService:
                      has_before=more if backwards else position is not None)
         if fetched:
             page.first, page.last = fetched[0][0], fetched[-1][0]
-        return page
+        return page, total
 
     def _check_includes(self, request: SearchRequest, strict: bool) -> None:
         """An `_include`/`_revinclude` must name a reference parameter of its source type (and a
@@ -336,8 +340,11 @@ class SearchService:
 
     # -- paging --------------------------------------------------------------------------------
     def _fetch(self, plans: list[_Plan], position: Position | None, backwards: bool, limit: int,
-               projection: dict) -> list[tuple[Position, Found]]:
+               projection: dict, counting: bool = False) -> tuple[list[tuple[Position, Found]], int | None]:
+        """The page, and, when `counting` and a single query makes the page (one type, one
+        alternative, one keyset branch), the number of its matches from the same database pass."""
         lists = []
+        total = None
         id_descending = bool(plans and plans[0].id_descending) != backwards
         for plan in plans:
             keys = [k.reversed() for k in plan.keys] if backwards else plan.keys
@@ -349,6 +356,11 @@ class SearchService:
                         else plan.resource_type > position.resource_type
                     branches = after_filters(keys, position, id_descending, inclusive)
                 documents: list[dict] = []
+                if counting and len(plans) == 1 and len(plan.alternatives) == 1 and len(branches) == 1 \
+                        and not _contradicts(alternative, branches[0]):
+                    documents, total = self.store.find_and_count(plan.resource_type, alternative, branches[0],
+                                                                 sort, limit, projection)
+                    branches = []
                 for branch in branches:
                     if len(documents) >= limit:
                         break
@@ -361,7 +373,7 @@ class SearchService:
         merge_keys = plans[0].keys if plans else []
         if backwards:
             merge_keys = [k.reversed() for k in merge_keys]
-        return merge_sorted(lists, merge_keys, id_descending, limit)
+        return merge_sorted(lists, merge_keys, id_descending, limit), total
 
     def _total(self, plans: list[_Plan], request: SearchRequest) -> int | None:
         mode = _total_mode(request)

@@ -45,6 +45,8 @@ class StorageBusy(Exception):
 
 TRANSIENT_LABELS = ("TransientTransactionError", "UnknownTransactionCommitResult")
 DUPLICATE_KEY = 11000
+# A `$facet` result is one document: over 16 MB (10334, 16389) or 100 MB in the making (4031700).
+RESULT_TOO_LARGE = frozenset({10334, 16389, 4031700})
 # MongoDB 8.0 (wire version 25) added the client-level `bulkWrite` command: writes to several
 # collections in one round trip.
 CLIENT_BULK_WRITE_WIRE_VERSION = 25
@@ -320,6 +322,26 @@ class MongoStore:
 
     def count(self, resource_type: str, query: dict, limit: int = 0, session: Session = None) -> int:
         return self._count(self.db[resource_type], query, limit, session)
+
+    def find_and_count(self, resource_type: str, query: dict, after: dict | None, sort: list[tuple[str, int]],
+                       limit: int, projection: dict | None = None) -> tuple[list[dict], int]:
+        """The first `limit` documents of `query` AND `after` in `sort` order, and the number of
+        documents of `query`, from one pass over the query's candidates (a `$facet`). For a query
+        whose operators are tested on every fetched document (an access filter), a separate
+        count and page would fetch and test each candidate twice; an index-served query is
+        better off with `find` and `count` (an index-only count, a fetch that stops at `limit`)."""
+        collection = self.db[resource_type]
+        indexed, residual = _split(query)
+        matched = _stages(indexed, residual) if residual else [{"$match": indexed}]
+        page = [*([{"$match": after}] if after else []), {"$sort": dict(sort)}, {"$limit": limit},
+                *([{"$project": projection}] if projection else [])]
+        try:
+            facets = next(collection.aggregate([*matched, {"$facet": {"total": [{"$count": "n"}], "page": page}}]))
+        except OperationFailure as exc:
+            if exc.code not in RESULT_TOO_LARGE:
+                raise
+            return list(collection.aggregate([*matched, *page])), self._count(collection, query)
+        return facets["page"], facets["total"][0]["n"] if facets["total"] else 0
 
     def explain(self, resource_type: str, query: dict, sort: list[tuple[str, int]] | None = None) -> dict:
         """The plan of the stage that reaches the collection: the flat part of the query (the

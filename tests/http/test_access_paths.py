@@ -183,11 +183,14 @@ def search(client, path: str, params: dict | list, headers: dict) -> dict:
     return response.json()
 
 
-def all_pages(client, bundle: dict, headers: dict) -> list[list[str]]:
+def all_pages(client, bundle: dict, headers: dict, totals: list | None = None) -> list[list[str]]:
+    """The matches of each page, following `next`; `totals` collects each page's total."""
     pages = [matches(bundle)]
     while nxt := [link["url"] for link in bundle.get("link", []) if link["relation"] == "next"]:
         bundle = client.get(nxt[0].replace("http://testserver", ""), headers=headers).json()
         pages.append(matches(bundle))
+        if totals is not None:
+            totals.append(bundle.get("total"))
     return pages
 
 
@@ -225,8 +228,10 @@ def test_search_total_and_full_pages(client, world, actors, name):
     bundle = search(client, "DocumentReference", params, actors[name])
     expected = SEES[name]
     assert bundle["total"] == len(expected)
-    pages = all_pages(client, bundle, actors[name])
+    totals: list = []
+    pages = all_pages(client, bundle, actors[name], totals)
     assert all(len(page) == 1 for page in pages[:-1])          # no short page before the last
+    assert all(total == len(expected) for total in totals)      # counted under the filter on every page
     assert sorted(i for page in pages for i in page) == sorted(expected)
 
 

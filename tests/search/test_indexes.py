@@ -17,7 +17,7 @@ TYPES = ("Patient", "DocumentReference", "Immunization", "Appointment", "Practit
 
 
 class RecordingStore:
-    """The real store, remembering each find() so that it can be explained afterwards."""
+    """The real store, remembering each query it runs so that it can be explained afterwards."""
 
     def __init__(self, store) -> None:
         self.store = store
@@ -26,6 +26,10 @@ class RecordingStore:
     def find(self, resource_type, query, sort=None, limit=0, projection=None):
         self.queries.append((resource_type, query, sort))
         return self.store.find(resource_type, query, sort, limit, projection)
+
+    def find_and_count(self, resource_type, query, after, sort, limit, projection=None):
+        self.queries.append((resource_type, query, sort))
+        return self.store.find_and_count(resource_type, query, after, sort, limit, projection)
 
     def __getattr__(self, name):
         return getattr(self.store, name)
