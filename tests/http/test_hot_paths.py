@@ -5,6 +5,7 @@ sent together, a verified token remembered, access data realigned only when they
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -20,7 +21,7 @@ from pymongo import monitoring
 from pymongo.errors import PyMongoError
 
 from fhir_server.access import tokens
-from fhir_server.access.devissuer import dev_issuer, mint, system_claims
+from fhir_server.access.devissuer import dev_issuer, mint, patient_claims, system_claims
 from fhir_server.access.tokens import AuthenticationError, Authenticator
 from fhir_server.config import Settings
 from fhir_server.rest.router import HttpRequest, HttpResponse, Router
@@ -153,6 +154,37 @@ def test_a_search_after_a_write_in_one_batch_audits_the_visibility_written(count
     # the write hid the events before it; the search after it must not show the resource either
     assert ("search-type", False) in visible
     assert [v for v in visible if v[1]] == []
+
+
+def test_a_filtered_search_gets_its_page_and_total_in_one_command(counted, issuer_dir: Path) -> None:
+    """The access filter is tested on each document the index fetches: the page and the total
+    come from one pass over them, not from a page query and a count query testing each twice."""
+    call, counter, _ = counted
+    nir = "284037512345640"
+    patient = patient_resource(identifier=[{"system": "urn:oid:1.2.250.1.213.1.4.8", "value": nir}])
+    patient_id = json.loads(call("POST", "Patient", patient).body)["id"]
+    for code in ("Glycémie", "Créatinine", "Kaliémie"):
+        call("POST", "Observation", {"resourceType": "Observation", "status": "final", "code": {"text": code},
+                                     "subject": {"reference": f"Patient/{patient_id}"}})
+    headers = {"authorization": f"Bearer {mint(issuer_dir, patient_claims(nir))}"}
+    search = HttpRequest("GET", "Observation", [("patient", patient_id), ("_total", "accurate"), ("_count", "2")],
+                         headers, b"", BASE)
+    call.router.handle(search)                     # the first request learns who the patient is
+    with counter.counting() as commands:
+        bundle = json.loads(call.router.handle(search).body)
+    assert bundle["total"] == 3 and len(bundle["entry"]) == 2
+    # one aggregation (a page query and a count would be two); with the audit on, the trail then
+    # reads the visibility of the two resources it records
+    assert commands["aggregate", "Observation"] == 1 and commands["count", "Observation"] == 0
+
+
+def test_what_start_up_built_is_left_out_of_full_collections(mongo_uri: str, settings: Settings,
+                                                              issuer_dir: Path) -> None:
+    """Definitions, profiles and indexes live as long as the server: frozen after start-up, a full
+    garbage collection does not walk them again (a 100-190 ms pause each time, before)."""
+    with running_app(mongo_uri, settings, issuer_dir):
+        assert gc.get_freeze_count() > 100_000
+    assert gc.get_freeze_count() == 0
 
 
 # -- a write and its history version, together ----------------------------------------------------
