@@ -230,7 +230,7 @@ class FhirServer:
         return result
 
     def call_operation(self, call: OperationCall) -> Result:
-        event = AccessEvent(call.ctx, "operation", call.resource_type, call.resource_id, query=call.params,
+        event = AccessEvent(call.ctx, "operation", call.resource_type, call.resource_id, query=call.arguments,
                             operation=call.name)
         try:
             result = self.operations.call(call)
@@ -347,7 +347,7 @@ class FhirServer:
         if call.ctx.access is not None:
             self.policy.check_interaction(call.ctx.access, "Patient", "read")
         self.interactions.read("Patient", call.resource_id, call.ctx)       # 404 when not visible
-        return Result(200, self.search.everything(call.resource_id, call.params, base_url=call.ctx.base_url,
+        return Result(200, self.search.everything(call.resource_id, call.arguments, base_url=call.ctx.base_url,
                                                   extra_filter=self._access_filter(call.ctx)))
 
     def _access_filter(self, ctx: RequestContext) -> Callable[[str], dict | None]:

@@ -186,11 +186,7 @@ def _done_on(resource: dict, elements: tuple[str, ...]) -> date | None:
 
 
 def _horizon(call: OperationCall) -> int:
-    value = next((v for k, v in call.params if k == "horizon"), None)
-    body = call.body if isinstance(call.body, dict) else {}
-    if value is None and body.get("resourceType") == "Parameters":
-        value = next((str(p.get("valueInteger")) for p in body.get("parameter", ()) if p.get("name") == "horizon"),
-                     None)
+    value = next((v for k, v in call.arguments if k == "horizon"), None)
     if value is None:
         return DEFAULT_HORIZON_MONTHS
     if not value.isdigit() or int(value) > MAX_HORIZON_MONTHS:

@@ -148,7 +148,7 @@ class Auditor:
         if not allowed:
             raise error(403, "forbidden", "Only the patient (or an auditor) may read the record's access history")
         where = self.server.interactions.read_filter(call.ctx, "AuditEvent")
-        return Result(200, self.trail.access_history(patient, call.params, call.ctx.base_url, where))
+        return Result(200, self.trail.access_history(patient, call.arguments, call.ctx.base_url, where))
 
 
 def audited(write: Callable[[], T]) -> T:

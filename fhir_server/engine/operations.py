@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from fhir_server.engine.errors import error
@@ -22,8 +23,31 @@ class OperationCall:
     body: Any                           # parsed body (usually Parameters or a resource), or None
     ctx: RequestContext
 
+    @property
+    def arguments(self) -> list[tuple[str, str]]:
+        """The URL parameters, then the primitive parameters of a `Parameters` body written as the
+        URL would carry them: an operation reads its simple inputs alike, invoked by GET or POST."""
+        return [*self.params, *primitive_parameters(self.body)]
+
 
 Handler = Callable[[OperationCall], Result]
+
+
+def primitive_parameters(body: Any) -> list[tuple[str, str]]:
+    """(name, value) of the `value[x]` parameters of a Parameters resource whose value is a
+    primitive (booleans as `true`/`false`); other bodies have none."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        return []
+    found = []
+    for parameter in body.get("parameter") or []:
+        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
+            continue
+        value = next((v for k, v in parameter.items() if k.startswith("value")), None)
+        if isinstance(value, bool):
+            found.append((parameter["name"], "true" if value else "false"))
+        elif isinstance(value, str | int | float | Decimal):
+            found.append((parameter["name"], str(value)))
+    return found
 
 
 @dataclass

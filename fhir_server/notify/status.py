@@ -47,7 +47,7 @@ def status(notifier: Notifier, call: OperationCall) -> Result:
     subscription = notifier.server.interactions.read(SUBSCRIPTION, call.resource_id, call.ctx).body
     entry = notifier.store.subscription(call.resource_id) or {}
     _check_reader(call, entry)
-    deliveries = notifier.store.deliveries(call.resource_id, _count(call.params))
+    deliveries = notifier.store.deliveries(call.resource_id, _count(call.arguments))
     counts = notifier.store.delivery_counts(call.resource_id)
     return Result(200, status_parameters(subscription, entry, counts, deliveries))
 

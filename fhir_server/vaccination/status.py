@@ -173,10 +173,7 @@ def _nothing_applies() -> dict:
 
 def evaluation_date(call: OperationCall) -> date:
     """`date` from the URL or a Parameters body (valueDate), today in France by default."""
-    value = next((v for k, v in call.params if k == "date"), None)
-    body = call.body if isinstance(call.body, dict) else {}
-    if value is None and body.get("resourceType") == "Parameters":
-        value = next((p.get("valueDate") for p in body.get("parameter", ()) if p.get("name") == "date"), None)
+    value = next((v for k, v in call.arguments if k == "date"), None)
     if value is None:
         return today()
     try:

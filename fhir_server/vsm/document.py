@@ -160,9 +160,4 @@ def _references(resource: Any) -> Iterator[str]:
 
 
 def _flag(call: OperationCall, name: str) -> bool:
-    value = next((v for k, v in call.params if k == name), None)
-    body = call.body if isinstance(call.body, dict) else {}
-    if value is None and body.get("resourceType") == "Parameters":
-        part = next((p for p in body.get("parameter", ()) if p.get("name") == name), None)
-        value = str(part.get("valueBoolean")).lower() if part else None
-    return value == "true"
+    return next((v for k, v in call.arguments if k == name), None) == "true"

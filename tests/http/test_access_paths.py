@@ -386,15 +386,30 @@ def test_a_document_invisible_to_the_patient_then_disclosed(client, world, actor
 
 
 # -- $everything and the compartment -------------------------------------------------------------
+@pytest.mark.parametrize("invoked", ["GET", "POST"])
 @pytest.mark.parametrize("name", ["other", "physio", "authorised", "patient-a", "blocked", "mixed", "insurer"])
-def test_everything(client, world, actors, name):
-    response = client.get("/fhir/Patient/pat-a/$everything", params={"_count": "1000"}, headers=actors[name])
+def test_everything(client, world, actors, name, invoked):
+    if invoked == "GET":
+        response = client.get("/fhir/Patient/pat-a/$everything", params={"_count": "1000"}, headers=actors[name])
+    else:
+        response = client.post("/fhir/Patient/pat-a/$everything", headers=actors[name], json={
+            "resourceType": "Parameters", "parameter": [{"name": "_count", "valueInteger": 1000}]})
     if name not in SEES_PATIENT_A:
         assert response.status_code == 404
         return
     found = entry_ids(response.json())
     assert found & set(A_DOCS) == SEES[name]
     assert "pat-a" in found and not found & {"b-consult", "c-psy", "d-consult"}
+
+
+def test_everything_reads_its_parameters_from_a_post_body(client, world, actors):
+    """A Parameters body is read like the URL: `_count` pages the answer."""
+    response = client.post("/fhir/Patient/pat-a/$everything", headers=actors["authorised"], json={
+        "resourceType": "Parameters", "parameter": [{"name": "_count", "valueInteger": 2}]})
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert len([e for e in bundle["entry"] if "resource" in e]) == 2
+    assert any(link["relation"] == "next" for link in bundle["link"])
 
 
 @pytest.mark.parametrize("name", ["other", "physio", "authorised", "patient-a", "blocked", "mixed", "insurer"])

@@ -161,6 +161,23 @@ def test_access_history(client, record, issuer_dir):
                       headers=practitioner(issuer_dir, DOCTOR, "10")).status_code == 403
 
 
+def test_access_history_invoked_by_post(client, record, issuer_dir):
+    """The same answer from a Parameters body as from the URL, and the body's `_count` pages it."""
+    patient = bearer(issuer_dir, patient_claims(INS_A))
+    client.get("/fhir/DocumentReference/aud-doc-a", headers=practitioner(issuer_dir, DOCTOR, "10"))
+    by_get = client.get("/fhir/Patient/aud-a/$access-history", params={"exclude-self": "true", "_count": "50"},
+                        headers=patient).json()
+    body = {"resourceType": "Parameters", "parameter": [{"name": "exclude-self", "valueBoolean": True},
+                                                        {"name": "_count", "valueInteger": 50}]}
+    by_post = client.post("/fhir/Patient/aud-a/$access-history", json=body, headers=patient)
+    assert by_post.status_code == 200, by_post.text
+    assert [e["resource"]["id"] for e in by_post.json()["entry"]] == [e["resource"]["id"] for e in by_get["entry"]]
+    assert INS_A not in [who(e["resource"]) for e in by_post.json()["entry"]]
+    paged = client.post("/fhir/Patient/aud-a/$access-history", headers=patient, json={
+        "resourceType": "Parameters", "parameter": [{"name": "_count", "valueInteger": 1}]}).json()
+    assert len(paged["entry"]) == 1 and any(link["relation"] == "next" for link in paged["link"])
+
+
 def test_tampering_is_detected(client, record):
     store = client.app.state.fhir.store
     out = io.StringIO()

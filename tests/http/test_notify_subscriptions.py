@@ -126,6 +126,10 @@ def test_nothing_is_lost_while_the_receiver_is_down(client, server, receiver):
     retried = [d for d in deliveries(status) if d["attempts"] > 1]
     assert retried and all(d["attempt"][0]["outcome"] == "failed" for d in retried)
     assert parameter(status, "consecutiveFailures") == 0
+    posted = client.post(f"/fhir/Subscription/{subscription_id}/$status", json={
+        "resourceType": "Parameters", "parameter": [{"name": "_count", "valueInteger": 2}]})
+    assert posted.status_code == 200, posted.text
+    assert len(deliveries(posted.json())) == 2             # `_count` read from the body
 
 
 def test_undelivered_items_survive_a_worker_restart(client, server, receiver):
