@@ -314,9 +314,10 @@ class FhirServer:
         if resource_type is not None:
             for rewrite in self.search_rewrites:
                 query = rewrite(resource_type, query)
+        ctx.found_acls = {}
         return self.search.search(resource_type, query, base_url=ctx.base_url, strict=ctx.strict_handling,
                                   extra_filter=self._access_filter(ctx),
-                                  compartment=compartment)
+                                  compartment=compartment, found_acls=ctx.found_acls)
 
     def require_type(self, resource_type: str) -> None:
         if not self.definitions.is_resource_type(resource_type):

@@ -191,8 +191,11 @@ def _resources_of(body: dict | None) -> list[dict]:
 
 def _known_invisible(event: AccessEvent) -> dict[str, bool]:
     """A read of the current version brings that version's access data with it (see
-    RequestContext.read_acls): the trail need not look them up again. Only for the resource
-    read just now: an earlier read of the same request may predate a write of it."""
+    RequestContext.read_acls), and a search those of its matches (found_acls): the trail need
+    not look them up again. Only for what was read just now: an earlier read of the same request
+    may predate a write of it."""
+    if event.interaction.startswith("search") and event.error is None:
+        return {reference: is_invisible_to_patient(acl) for reference, acl in event.ctx.found_acls.items()}
     reference = _addressed(event)
     if event.interaction != "read" or event.error is not None or reference not in event.ctx.read_acls:
         return {}

@@ -28,6 +28,8 @@ class RequestContext:
     # Access data (`_acl`) of the current versions this request read, by "Type/id": the audit
     # trail learns from them what it would otherwise look up again.
     read_acls: dict[str, dict | None] = field(default_factory=dict)
+    # The same for the matches of the search this request ran last (set afresh by each search).
+    found_acls: dict[str, dict | None] = field(default_factory=dict)
 
 
 @dataclass

@@ -88,11 +88,12 @@ class SearchService:
     # -- search --------------------------------------------------------------------------------
     def search(self, resource_type: str | None, params: list[tuple[str, str]], *, base_url: str,
                strict: bool = False, extra_filter: ExtraFilter = None,
-               compartment: tuple[str, str] | None = None) -> dict:
+               compartment: tuple[str, str] | None = None, found_acls: dict[str, dict | None] | None = None) -> dict:
         """A complete searchset Bundle. `extra_filter` is AND-ed into every query (matches,
         includes, totals, chain and `_has` links): a filter for all collections, or a function
         `resource_type -> filter` when access rules differ by type. `compartment` = ("Patient", id)
-        for Patient/id/[type]."""
+        for Patient/id/[type]. `found_acls`, when given, receives the access data (`_acl`) of
+        each match by "Type/id", read with it (the audit trail needs them)."""
         request = parse_request(params, strict)
         self._check_includes(request, strict)
         compiler = self._compiler(base_url, extra_filter, strict, request.warnings)
@@ -105,7 +106,9 @@ class SearchService:
         plans = [p for p in plans if p.alternatives]
         if not request.sort and len(plans) == 1:
             plans[0].keys = self._implicit_keys(plans[0])
-        page, total = self._page(plans, request)
+        page, total = self._page(plans, request, found_acls is not None)
+        if found_acls is not None:
+            found_acls.update({f"{t}/{d['_id']}": d.get("_acl") for t, d in page.matches})
         if total is None:
             total = self._total(plans, request)
         resolver = IncludeResolver(self.registry, self.store, extra_filter)
@@ -122,7 +125,7 @@ class SearchService:
             entries.append(bundles.outcome_entry(_unique(request.warnings)))
         return bundles.searchset(entries, links, total)
 
-    def _page(self, plans: list[_Plan], request: SearchRequest) -> tuple[_Page, int | None]:
+    def _page(self, plans: list[_Plan], request: SearchRequest, with_acl: bool = False) -> tuple[_Page, int | None]:
         """The matches of the requested page: after (or, for a `previous` link, before) the
         cursor position, one more than asked to know whether another page follows. With them the
         accurate total when the same query gave it (else None: counted on its own)."""
@@ -131,8 +134,10 @@ class SearchService:
         position, backwards = (decode_cursor(request.cursor, len(plans[0].keys))
                                if request.cursor else (None, False))
         counting = _total_mode(request) == "accurate"
-        fetched, total = self._fetch(plans, position, backwards, request.count + 1, self._projection(request, plans),
-                                     counting)
+        projection = self._projection(request, plans)
+        if with_acl:
+            projection = _without_collisions({**projection, "_acl.deny": 1})
+        fetched, total = self._fetch(plans, position, backwards, request.count + 1, projection, counting)
         more = len(fetched) > request.count
         fetched = fetched[:request.count]
         if backwards:

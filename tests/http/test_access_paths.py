@@ -667,6 +667,19 @@ def test_audit_events_do_not_reveal_a_document_invisible_to_the_patient(client, 
     assert "DocumentReference/a-consult" in seen_by_patient
 
 
+def test_a_search_that_found_a_document_invisible_to_the_patient_is_hidden_from_the_patient(client, world, actors):
+    """The search's event takes the document's visibility from the search that found it."""
+    found = search(client, "DocumentReference", {**ITI_67, "_id": "a-invisible,a-addendum"}, actors["physio"])
+    assert sorted(matches(found)) == ["a-addendum", "a-invisible"]
+    trail = search(client, "AuditEvent", {"patient": "Patient/pat-a", "_count": "1000"}, {})
+    searches = [e["resource"] for e in trail["entry"] if e["resource"]["subtype"][0]["code"] == "search-type" and
+                any("a-invisible" in (x.get("what") or {}).get("reference", "") for x in e["resource"]["entity"])]
+    assert searches, "the auditor sees the search that found the document"
+    visible_to_patient = {e["resource"]["id"] for e in search(client, "AuditEvent", {
+        "patient": "Patient/pat-a", "_count": "1000"}, actors["patient-a"]).get("entry", [])}
+    assert not {event["id"] for event in searches} & visible_to_patient
+
+
 def test_access_history_does_not_reveal_a_document_invisible_to_the_patient(client, world, actors):
     assert status(client, "DocumentReference/a-invisible", actors["other"]) == 200
 
