@@ -6,10 +6,13 @@ whose compartment holds it (`patients`), its authors and the actors the patient 
 (`authorised`), and deny tokens: `own` from the resource itself (`!masked` for MASQUE_PS,
 `!invisible` for INVISIBLE_PATIENT, `class:X` for the access matrix), `consent` from the
 patient's Consents (blocked actor keys, `!opposed`, `!masked` for a document a Consent masks,
-the emergency rule), and `deny`, their union, which is the only list the read filters test (one
-set test per rule instead of two). When a Consent changes, the consent state of that patient is
-recomputed and written into every resource of the patient in the same transaction, so a change
-takes effect on the next request with no cache to go stale.
+the emergency rule), and `deny`, their union but for the emergency rule, which is the only list
+the ordinary read filters test (one set test per rule instead of two). The emergency rule, on
+every resource of a patient who set one, is tested in `consent` by the emergency branches only:
+in `deny` it would lengthen the list every ordinary read tests on every document. When a Consent
+changes, the consent state of that patient is recomputed and written into every resource of the
+patient in the same transaction, so a change takes effect on the next request with no cache to
+go stale.
 
 At read time the actor's rights become one MongoDB filter over `_acl`, AND-ed into every query
 (read, vread, search, includes, totals, history, $everything), so paging and totals cannot leak.
@@ -50,7 +53,9 @@ EMERGENCY_ALLOWED = "+emergency-allowed"
 NOTHING = {"_id": {"$in": []}}
 REFERENCE_DATA = {"_acl.patients": {"$exists": False}}
 ACL_SCHEMA = "acl-schema"
-ACL_SCHEMA_VERSION = 3            # 2: `_acl.deny`, the union of `own` and `consent`; 3: AuditEvent patients
+ACL_SCHEMA_VERSION = 4            # 2: `_acl.deny`, the union of `own` and `consent`; 3: AuditEvent patients;
+                                  # 4: the emergency rule out of `deny`
+EMERGENCY_RULES = (EMERGENCY_REFUSED, EMERGENCY_ALLOWED)
 AUTHORED_ELEMENTS = ("author", "recorder", "asserter", "requester", "performer", "sender", "source", "attester")
 
 # Conformance and directory resources anyone authenticated (or not, for conformance) may read.
@@ -129,7 +134,7 @@ class AccessPolicy:
             "authorised": sorted(state.authorised),
             "own": sorted(own),
             "consent": consent,
-            "deny": sorted({*own, *consent}),
+            "deny": sorted({*own, *_denying(consent)}),
         }
         if resource_type in PRIVATE_TO_PARTICIPANTS:
             acl["participants"] = sorted(_participants(resource))
@@ -303,6 +308,11 @@ class AccessPolicy:
                                                     "_acl.deny": {"$exists": False}}, union, None)
         if done < 3:
             self._upgrade_audit_patients()
+        if done < 4:
+            without_rule = [{"$set": {"_acl.deny": {"$setDifference": ["$_acl.deny",
+                                                                       {"$literal": list(EMERGENCY_RULES)}]}}}]
+            for collection in [*self.compartment_params, "_history"]:
+                self.store.update_many(collection, {"_acl.deny": {"$in": list(EMERGENCY_RULES)}}, without_rule, None)
         self.store.put_meta(ACL_SCHEMA, {"version": ACL_SCHEMA_VERSION})
 
     def _upgrade_audit_patients(self) -> None:
@@ -451,8 +461,9 @@ class AccessPolicy:
             {"_acl.authorised": {"$in": keys}, "_acl.deny": {"$nin": [*denied_classes, *keys]}},
         ]
         if actor.is_emergency:
-            branches.append({"_acl.deny": {"$nin": [*keys, OPPOSED, MASKED, EMERGENCY_REFUSED]}})
-            branches.append({"_acl.deny": {"$all": [EMERGENCY_ALLOWED], "$ne": MASKED}})
+            branches.append({"_acl.deny": {"$nin": [*keys, OPPOSED, MASKED]},
+                             "_acl.consent": {"$ne": EMERGENCY_REFUSED}})
+            branches.append({"_acl.consent": EMERGENCY_ALLOWED, "_acl.deny": {"$ne": MASKED}})
         return {"$or": branches}
 
     def check_interaction(self, access: RequestAccess, resource_type: str, interaction: str) -> None:
@@ -505,7 +516,8 @@ def _consent_update(tokens: list[str], authorised: list[str] | None = None) -> l
     """An update pipeline that sets `_acl.consent` (and `_acl.authorised`) and recomputes
     `_acl.deny` from it; values are `$literal` so that no token is read as a field path."""
     values: dict[str, Any] = {"_acl.consent": {"$literal": tokens},
-                              "_acl.deny": {"$setUnion": [{"$ifNull": ["$_acl.own", []]}, {"$literal": tokens}]}}
+                              "_acl.deny": {"$setUnion": [{"$ifNull": ["$_acl.own", []]},
+                                                          {"$literal": _denying(tokens)}]}}
     if authorised is not None:
         values["_acl.authorised"] = {"$literal": authorised}
     return [{"$set": values}]
@@ -524,6 +536,11 @@ def _consent_tokens(state: ConsentState, reference: str | None) -> list[str]:
     if reference == "masked" or reference in state.masked:
         tokens.add(MASKED)
     return sorted(tokens)
+
+
+def _denying(consent_tokens: list[str]) -> list[str]:
+    """The consent tokens that go into `deny`: all but the emergency rule (see the module doc)."""
+    return [t for t in consent_tokens if t not in EMERGENCY_RULES]
 
 
 def _audit_patients(event: dict) -> list[str]:

@@ -747,3 +747,27 @@ def test_audit_events_stored_by_an_older_version_are_upgraded(client, world, act
     assert status(client, f"AuditEvent/{refused[0]['_id']}", actors["patient-b"]) == 404
     assert status(client, f"AuditEvent/{refused[0]['_id']}", actors["patient-a"]) == 200
     assert server.store.get("AuditEvent", refused[0]["_id"])["_acl"]["consent"] == []
+
+
+def test_emergency_rules_stored_in_deny_by_an_older_version_are_moved_out(client, world, actors, issuer_dir):
+    """Before schema 4 the emergency rule was also in `_acl.deny`: the upgrade takes it out (the
+    emergency branches read it in `_acl.consent`) and every decision stays the same."""
+    server = client.app.state.fhir
+    emergency_other = practitioner_headers(issuer_dir, OTHER, purpose="ETREAT")
+    for doc_id in ("c-psy", "d-consult"):
+        consent = server.store.get("DocumentReference", doc_id)["_acl"]["consent"]
+        rules = [t for t in consent if t.startswith(("!emergency", "+emergency"))]
+        assert rules, doc_id
+        old_layout = [{"$set": {"_acl.deny": {"$setUnion": ["$_acl.deny", {"$literal": rules}]}}}]
+        server.store.update_many("DocumentReference", {"_id": doc_id}, old_layout)
+        server.store.update_many("_history", {"type": "DocumentReference", "id": doc_id}, old_layout)
+    server.store.put_meta("acl-schema", {"version": 3})
+    server.policy.upgrade_stored_acls()
+    for doc_id in ("c-psy", "d-consult"):
+        for doc in [server.store.get("DocumentReference", doc_id),
+                    *server.store.find_versions({"type": "DocumentReference", "id": doc_id}, [("ver", 1)], 0)]:
+            assert not [t for t in doc["_acl"]["deny"] if "emergency" in t], doc["_acl"]
+    assert readable(client, emergency_other, ["c-psy"]) == {"c-psy"}                  # refused: a doctor's reading
+    assert readable(client, actors["emergency-physio"], ["c-psy"]) == set()
+    assert readable(client, actors["other"], ["d-consult"]) == set()
+    assert readable(client, emergency_other, ["d-consult"]) == {"d-consult"}
