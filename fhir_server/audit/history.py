@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from fhir_server.audit.summary import summarise
 from fhir_server.engine.errors import bad_request
 from fhir_server.engine.model import decode_time_cursor, encode_time_cursor, parse_instant_param
-from fhir_server.storage import MongoStore
+from fhir_server.storage import MongoStore, restricted
 
 AUDIT_EVENT = "AuditEvent"
 DEFAULT_COUNT = 20
@@ -34,8 +34,7 @@ def access_history(store: MongoStore, patient: str, params: list[tuple[str, str]
     patient = patient if patient.startswith("Patient/") else f"Patient/{patient}"
     options = _options(params)
     query = _query(patient, options)
-    if where is not None:
-        query = {"$and": [query, where]}
+    query = restricted(query, where)
     found = store.find(AUDIT_EVENT, query, sort=NEWEST_FIRST, limit=options["count"] + 1)
     page, more = found[:options["count"]], len(found) > options["count"]
     base_url = base_url.rstrip("/")

@@ -38,7 +38,7 @@ from fhir_server.engine.model import (
     parse_etag,
     parse_instant_param,
 )
-from fhir_server.storage import MongoStore, Session, StorageConflict
+from fhir_server.storage import MongoStore, Session, StorageConflict, restricted
 
 if TYPE_CHECKING:
     from fhir_server.access.policy import AccessPolicy
@@ -385,8 +385,7 @@ class Interactions:
         if options["since"]:
             query["lastUpdated"] = {"$gte": options["since"]}
         where = self.read_filter(ctx, resource_type) if resource_type else self._history_filter(ctx)
-        if where is not None:
-            query = {"$and": [query, where]} if query else where
+        query = restricted(query, where)
         count = options["count"]
         if options["at"]:
             skip = options["page"] * count
@@ -396,7 +395,7 @@ class Interactions:
             if options["cursor"]:
                 moment, key = options["cursor"]
                 after = {"$or": [{"lastUpdated": {"$lt": moment}}, {"lastUpdated": moment, "_id": {"$lt": key}}]}
-                page_query = {"$and": [query, after]} if query else after
+                page_query = restricted(query, after)
             versions = self.store.find_versions(page_query, [("lastUpdated", -1), ("_id", -1)], count + 1)
         has_more = len(versions) > count
         versions = versions[:count]

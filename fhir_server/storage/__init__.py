@@ -18,6 +18,8 @@ from fhir_server.storage.mongo import (
     StorageBusy,
     StorageConflict,
     Write,
+    restricted,
 )
 
-__all__ = ["CompareAndSet", "Insert", "MongoStore", "Session", "StorageBusy", "StorageConflict", "Write"]
+__all__ = ["CompareAndSet", "Insert", "MongoStore", "Session", "StorageBusy", "StorageConflict", "Write",
+           "restricted"]

@@ -452,6 +452,17 @@ def _conflict_message(write: Write) -> str:
     return f"{write.collection}/{write.doc['_id']} already exists"
 
 
+def restricted(query: dict, where: dict | None) -> dict:
+    """`query` AND `where` (an access filter, a paging condition), with `query`'s field conditions
+    kept at the top level: that is the part an index serves (see `_stages`), where wrapping both
+    in one `$and` would leave the embedded database nothing to plan but a collection scan."""
+    if not where:
+        return query
+    if not query:
+        return where
+    return {**query, "$and": [*query.get("$and", []), where]}
+
+
 def _split(query: dict) -> tuple[dict, dict | None]:
     """(flat field conditions, top-level operators) of a query."""
     residual = {k: v for k, v in query.items() if k.startswith("$")}
