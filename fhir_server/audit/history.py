@@ -79,16 +79,19 @@ def _options(params: list[tuple[str, str]]) -> dict:
 
 
 def _query(patient: str, options: dict) -> dict:
-    clauses: list[dict] = [{"_audit.patient": patient}]
+    """The fields of the index {patient, recorded, _id} at the top (the store serves them from it),
+    the other conditions in `$and` (tested on the events it fetches)."""
+    query: dict = {"_audit.patient": patient}
     if options["since"] is not None:
-        clauses.append({"_audit.recorded": {"$gte": options["since"]}})
+        query["_audit.recorded"] = {"$gte": options["since"]}
+    tested: list[dict] = []
     if options["exclude_self"]:
-        clauses.append({"_audit.self": {"$ne": True}})
+        tested.append({"_audit.self": {"$ne": True}})
     if options["cursor"] is not None:
         moment, last_id = options["cursor"]
-        clauses.append({"$or": [{"_audit.recorded": {"$lt": moment}},
-                                {"_audit.recorded": moment, "_id": {"$lt": last_id}}]})
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        tested.append({"$or": [{"_audit.recorded": {"$lt": moment}},
+                               {"_audit.recorded": moment, "_id": {"$lt": last_id}}]})
+    return {**query, "$and": tested} if tested else query
 
 
 def _cursor(doc: dict) -> str:

@@ -789,6 +789,12 @@ def test_filtered_history_and_access_history_reach_their_collection_through_an_i
     assert status(client, "DocumentReference/a-consult/_history", actors["other"]) == 200
     assert status(client, "DocumentReference/a-consult/_history", actors["patient-a"]) == 200
     assert status(client, "Patient/pat-a/$access-history", actors["patient-a"]) == 200
+    first = client.get("/fhir/Patient/pat-a/$access-history", headers=actors["patient-a"],
+                       params={"exclude-self": "true", "_since": "2020-01-01T00:00:00Z", "_count": "1"})
+    assert first.status_code == 200, first.text
+    following = [link["url"] for link in first.json()["link"] if link["relation"] == "next"]
+    assert following and client.get(following[0].replace("http://testserver", ""),
+                                    headers=actors["patient-a"]).status_code == 200
     checked = [(c, q) for c, q in queries if c in ("_history", "AuditEvent")]
     assert {c for c, _ in checked} == {"_history", "AuditEvent"}
     for collection, query in checked:
