@@ -79,12 +79,13 @@ def _options(params: list[tuple[str, str]]) -> dict:
 
 
 def _query(patient: str, options: dict) -> dict:
-    """The fields of the index {patient, recorded, _id} at the top (the store serves them from it),
-    the other conditions in `$and` (tested on the events it fetches)."""
+    """The patient at the top (the store serves it from the index {patient, recorded, _id}), the
+    other conditions in `$and`, tested on that patient's events. The date range stays there too:
+    the embedded database misreads a range on the descending `recorded` of that index."""
     query: dict = {"_audit.patient": patient}
-    if options["since"] is not None:
-        query["_audit.recorded"] = {"$gte": options["since"]}
     tested: list[dict] = []
+    if options["since"] is not None:
+        tested.append({"_audit.recorded": {"$gte": options["since"]}})
     if options["exclude_self"]:
         tested.append({"_audit.self": {"$ne": True}})
     if options["cursor"] is not None:
