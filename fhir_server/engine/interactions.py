@@ -383,7 +383,10 @@ class Interactions:
                     is None:
                 raise not_found(f"{resource_type}/{resource_id} does not exist")
         if options["since"]:
-            query["lastUpdated"] = {"$gte": options["since"]}
+            # beside the type, tested on the versions the index fetches: the embedded database
+            # drops the boundary of `$gte` on the index's descending `lastUpdated` after an
+            # equality (MongoDB plans both stages as one find)
+            query = restricted(query, {"lastUpdated": {"$gte": options["since"]}})
         where = self.read_filter(ctx, resource_type) if resource_type else self._history_filter(ctx)
         query = restricted(query, where)
         count = options["count"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.http.conftest import patient
 
 
@@ -34,6 +36,15 @@ def test_type_history_paging_and_since(client):
     assert set(ids) <= set(seen)
     assert len(seen) == len(set(seen))
     assert marker["id"] not in seen or marker["meta"]["lastUpdated"] >= since
+
+
+@pytest.mark.parametrize("level", ["type", "instance"])
+def test_since_includes_the_version_written_at_that_instant(client, level):
+    """`_since`: versions created at or after the instant, the boundary included."""
+    written = client.post("/fhir/Device", json={"resourceType": "Device"}).json()
+    path = "/fhir/Device/_history" if level == "type" else f"/fhir/Device/{written['id']}/_history"
+    history = client.get(path, params={"_since": written["meta"]["lastUpdated"], "_count": "100"}).json()
+    assert written["id"] in [e["resource"]["id"] for e in history["entry"]]
 
 
 def test_history_at(client):
