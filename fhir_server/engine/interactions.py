@@ -390,22 +390,23 @@ class Interactions:
         where = self.read_filter(ctx, resource_type) if resource_type else self._history_filter(ctx)
         query = restricted(query, where)
         count = options["count"]
+        total = None
         if options["at"]:
             skip = options["page"] * count
             versions = self.store.versions_current_at(query, options["at"], count + 1, skip)
         else:
-            page_query = query
+            after = None
             if options["cursor"]:
                 moment, key = options["cursor"]
                 after = {"$or": [{"lastUpdated": {"$lt": moment}}, {"lastUpdated": moment, "_id": {"$lt": key}}]}
-                page_query = restricted(query, after)
-            versions = self.store.find_versions(page_query, [("lastUpdated", -1), ("_id", -1)], count + 1)
+            versions, total = self.store.find_versions_and_count(query, after, [("lastUpdated", -1), ("_id", -1)],
+                                                                 count + 1)
         has_more = len(versions) > count
         versions = versions[:count]
         path = "/".join(p for p in (resource_type, resource_id, "_history") if p)
         bundle: dict[str, Any] = {
             "resourceType": "Bundle", "type": "history",
-            "total": self.store.count_versions(query) if not options["at"] else None,
+            "total": total,
             "link": [{"relation": "self", "url": _url(base_url, path, params)}],
             "entry": [_history_entry(base_url, v) for v in versions],
         }

@@ -383,6 +383,15 @@ class MongoStore:
     def count_versions(self, query: dict) -> int:
         return self._count(self.db[HISTORY], query)
 
+    def find_versions_and_count(self, query: dict, after: dict | None, sort: list[tuple[str, int]],
+                                limit: int) -> tuple[list[dict], int]:
+        """A history page (`query` AND `after`) and the number of versions of `query`: from one
+        pass when `query` tests operators on the versions its index fetches (an access filter,
+        see `find_and_count`), else a limited fetch and a count."""
+        if _split(query)[1] is not None:
+            return self.find_and_count(HISTORY, query, after, sort, limit)
+        return self.find_versions(restricted(query, after), sort, limit), self.count_versions(query)
+
     # -- query execution -----------------------------------------------------------------------
     @staticmethod
     def _query(collection: Any, indexed: dict, residual: dict | None, sort: list[tuple[str, int]] | None = None,
